@@ -1,0 +1,245 @@
+// Backward. Location and weight gradients are per point. grad_value is a reduction over
+// points, done without atomics by a counting sort (see BackwardPlan in plan.h): every
+// element of grad_value is summed in the same order, (query, level, point, corner)
+// ascending, whatever the thread count, so results are bitwise reproducible.
+#include <algorithm>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/sampling.h"
+#include "threads.h"
+
+namespace msda {
+namespace cpu {
+namespace {
+
+// One corner contribution: grad_value[block row] += coef * grad_output row of query.
+template <typename Acc>
+struct Entry {
+  int32_t row_in_block;
+  int32_t query_in_pass;
+  Acc coef;
+};
+static_assert(sizeof(Entry<float>) == 12, "BackwardEntryBytes assumes 12-byte fp32 entries");
+static_assert(sizeof(Entry<double>) == 16, "BackwardEntryBytes assumes 16-byte fp64 entries");
+
+template <typename T, typename L, typename Acc>
+struct BackwardKernel {
+  const Problem& p;
+  const Params& prm;
+  const Plan& plan;
+  char* workspace;
+
+  const BackwardPlan& bp() const { return plan.backward; }
+  char* Scratch(int thread_index) const { return workspace + thread_index * plan.scratch.bytes; }
+  int64_t* Counts() const { return reinterpret_cast<int64_t*>(workspace + bp().counts_offset); }
+  int64_t* BlockStart() const {
+    return reinterpret_cast<int64_t*>(workspace + bp().block_start_offset);
+  }
+  Entry<Acc>* Entries() const {
+    return reinterpret_cast<Entry<Acc>*>(workspace + bp().entries_offset);
+  }
+  Acc* GradRows() const { return reinterpret_cast<Acc*>(workspace + bp().grad_rows_offset); }
+  Acc* Accum() const { return reinterpret_cast<Acc*>(workspace + bp().accum_offset); }
+
+  const L* LocAt(int64_t b, int64_t q, int64_t h, int64_t l) const {
+    return static_cast<const L*>(prm.loc) + b * prm.loc_stride[0] + q * prm.loc_stride[1] +
+           h * prm.loc_stride[2] + l * prm.loc_stride[3];
+  }
+  const T* AttnAt(int64_t b, int64_t q, int64_t h, int64_t l) const {
+    return static_cast<const T*>(prm.attn) + b * prm.attn_stride[0] + q * prm.attn_stride[1] +
+           h * prm.attn_stride[2] + l * prm.attn_stride[3];
+  }
+  PointGeometry<Acc> Point(int64_t b, int64_t q, int64_t h, int64_t l, int64_t pt) const {
+    const L* xy = LocAt(b, q, h, l) + pt * prm.loc_stride[4];
+    return Locate<Acc>(p.levels[l], Load<Acc>(xy), Load<Acc>(xy + prm.loc_stride[5]));
+  }
+
+  // Pass A: per key block, how many contributions the chunk's queries make.
+  void Count(int64_t b, int64_t h, int64_t q_begin, int64_t q_end, int64_t* counts) const {
+    std::fill(counts, counts + bp().num_key_blocks, int64_t{0});
+    for (int64_t q = q_begin; q < q_end; ++q) {
+      for (int64_t l = 0; l < p.num_levels(); ++l) {
+        for (int64_t pt = 0; pt < p.points; ++pt) {
+          const PointGeometry<Acc> g = Point(b, q, h, l, pt);
+          if (!g.inside) continue;
+          for (int c = 0; c < 4; ++c) {
+            if (g.row[c] >= 0) ++counts[g.row[c] / bp().key_block_rows];
+          }
+        }
+      }
+    }
+  }
+
+  // Pass B: location and weight gradients of the queries [q_begin, q_end); with cursors
+  // (one per key block, from the counting sort) also the grad_value contributions, and
+  // the grad_output rows in the accumulation type (grad_rows, indexed from pass_begin).
+  void Points(int64_t b, int64_t h, int64_t q_begin, int64_t q_end, int64_t pass_begin,
+              int64_t* cursors, int thread_index) const {
+    const T* value = static_cast<const T*>(prm.value) + b * prm.value_stride[0] +
+                     h * prm.value_stride[2];  // [keys, dims] of this (batch, head).
+    const int64_t key_stride = prm.value_stride[1];
+    const int64_t dim_stride = prm.value_stride[3];
+    const T* grad_out = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
+                        h * p.dims * prm.grad_out_stride[2];
+    Entry<Acc>* entries = Entries();
+    for (int64_t q = q_begin; q < q_end; ++q) {
+      Acc* g_row = cursors != nullptr
+                       ? GradRows() + (q - pass_begin) * p.dims
+                       : reinterpret_cast<Acc*>(Scratch(thread_index) + plan.scratch.grad_row);
+      const T* g_src = grad_out + q * prm.grad_out_stride[1];
+      for (int64_t d = 0; d < p.dims; ++d) {
+        g_row[d] = Load<Acc>(g_src + d * prm.grad_out_stride[2]);
+      }
+      for (int64_t l = 0; l < p.num_levels(); ++l) {
+        const Level& level = p.levels[l];
+        const T* attn = AttnAt(b, q, h, l);
+        for (int64_t pt = 0; pt < p.points; ++pt) {
+          const PointGeometry<Acc> g = Point(b, q, h, l, pt);
+          Acc grad_x = 0, grad_y = 0, grad_a = 0;
+          if (g.inside) {
+            const Acc a = Load<Acc>(attn + pt * prm.attn_stride[4]);
+            Acc dot[4] = {0, 0, 0, 0};  // grad_output . corner row
+            for (int c = 0; c < 4; ++c) {
+              if (g.row[c] < 0) continue;
+              dot[c] = Dot<T, Acc>(g_row, value + g.row[c] * key_stride, dim_stride, p.dims);
+              if (cursors != nullptr) {
+                const int64_t block = g.row[c] / bp().key_block_rows;
+                entries[cursors[block]++] =
+                    Entry<Acc>{static_cast<int32_t>(g.row[c] - block * bp().key_block_rows),
+                               static_cast<int32_t>(q - pass_begin), g.weight[c] * a};
+              }
+            }
+            const Acc hh = Acc(1) - g.lh, hw = Acc(1) - g.lw;
+            grad_a = g.weight[0] * dot[0] + g.weight[1] * dot[1] + g.weight[2] * dot[2] +
+                     g.weight[3] * dot[3];
+            grad_x = static_cast<Acc>(level.width) * a *
+                     (hh * (dot[1] - dot[0]) + g.lh * (dot[3] - dot[2]));
+            grad_y = static_cast<Acc>(level.height) * a *
+                     (hw * (dot[2] - dot[0]) + g.lw * (dot[3] - dot[1]));
+          }
+          if (prm.grad_attn != nullptr) {
+            T* ga = static_cast<T*>(prm.grad_attn) + b * prm.grad_attn_stride[0] +
+                    q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2] +
+                    l * prm.grad_attn_stride[3] + pt * prm.grad_attn_stride[4];
+            Store<Acc>(ga, grad_a);
+          }
+          if (prm.grad_loc != nullptr) {
+            L* gl = static_cast<L*>(prm.grad_loc) + b * prm.grad_loc_stride[0] +
+                    q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2] +
+                    l * prm.grad_loc_stride[3] + pt * prm.grad_loc_stride[4];
+            Store<Acc>(gl, grad_x);
+            Store<Acc>(gl + prm.grad_loc_stride[5], grad_y);
+          }
+        }
+      }
+    }
+  }
+
+  // Pass C: add one key block's contributions, in order, into its accumulator rows; zero
+  // them first on the first pass, write them to grad_value after the last.
+  void Reduce(int64_t b, int64_t h, int64_t block, bool first_pass, bool last_pass) const {
+    const int64_t rows = bp().key_block_rows;
+    const int64_t row_begin = block * rows;
+    const int64_t row_end = std::min(p.keys, row_begin + rows);
+    Acc* accum = Accum() + row_begin * p.dims;
+    if (first_pass) std::fill(accum, accum + (row_end - row_begin) * p.dims, Acc(0));
+    const Entry<Acc>* entries = Entries();
+    const Acc* grad_rows = GradRows();
+    const int64_t* block_start = BlockStart();
+    for (int64_t i = block_start[block]; i < block_start[block + 1]; ++i) {
+      const Entry<Acc>& e = entries[i];
+      Axpy<Acc, Acc>(accum + e.row_in_block * p.dims, e.coef, grad_rows + e.query_in_pass * p.dims,
+                     1, p.dims);
+    }
+    if (!last_pass) return;
+    T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0] +
+                    h * prm.grad_value_stride[2];
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      T* dst = grad_value + r * prm.grad_value_stride[1];
+      const Acc* src = accum + (r - row_begin) * p.dims;
+      for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(dst + d * prm.grad_value_stride[3], src[d]);
+    }
+  }
+
+  void RunWithValueGradient() const {
+    const BackwardPlan& plan_b = bp();
+    const int threads = plan.num_threads;
+    const int64_t blocks = plan_b.num_key_blocks;
+    for (int64_t b = 0; b < p.batch; ++b) {
+      for (int64_t h = 0; h < p.heads; ++h) {
+        for (int64_t pass = 0; pass < plan_b.num_passes; ++pass) {
+          const int64_t pass_begin = std::min(p.queries, pass * plan_b.pass_queries);
+          const int64_t pass_end = std::min(p.queries, pass_begin + plan_b.pass_queries);
+          const int64_t chunks =
+              (pass_end - pass_begin + plan_b.chunk_queries - 1) / plan_b.chunk_queries;
+          auto chunk_range = [&](int64_t c, int64_t* q0, int64_t* q1) {
+            *q0 = pass_begin + c * plan_b.chunk_queries;
+            *q1 = std::min(pass_end, *q0 + plan_b.chunk_queries);
+          };
+          int64_t* counts = Counts();  // [chunks][blocks]
+          ParallelFor(threads, chunks, [&](int64_t c, int) {
+            int64_t q0, q1;
+            chunk_range(c, &q0, &q1);
+            Count(b, h, q0, q1, counts + c * blocks);
+          });
+          // Exclusive prefix over (block, chunk): a block's entries are grouped by chunk, so
+          // in query order. Counts become each chunk's write cursors.
+          int64_t* block_start = BlockStart();
+          int64_t running = 0;
+          for (int64_t k = 0; k < blocks; ++k) {
+            block_start[k] = running;
+            for (int64_t c = 0; c < chunks; ++c) {
+              const int64_t n = counts[c * blocks + k];
+              counts[c * blocks + k] = running;
+              running += n;
+            }
+          }
+          block_start[blocks] = running;
+          ParallelFor(threads, chunks, [&](int64_t c, int thread_index) {
+            int64_t q0, q1;
+            chunk_range(c, &q0, &q1);
+            Points(b, h, q0, q1, pass_begin, counts + c * blocks, thread_index);
+          });
+          const bool first = pass == 0, last = pass == plan_b.num_passes - 1;
+          ParallelFor(threads, blocks, [&](int64_t k, int) { Reduce(b, h, k, first, last); });
+        }
+      }
+    }
+  }
+
+  void RunWithoutValueGradient() const {
+    // Tasks are (batch, head, chunk); nothing is shared between them.
+    const int64_t chunk = bp().chunk_queries;
+    const int64_t chunks = (p.queries + chunk - 1) / chunk;
+    ParallelFor(plan.num_threads, p.batch * p.heads * chunks, [&](int64_t task, int thread_index) {
+      const int64_t c = task % chunks;
+      const int64_t h = (task / chunks) % p.heads;
+      const int64_t b = task / (chunks * p.heads);
+      const int64_t q0 = c * chunk;
+      Points(b, h, q0, std::min(p.queries, q0 + chunk), q0, nullptr, thread_index);
+    });
+  }
+};
+
+}  // namespace
+
+void RunBackward(const msdaExecutor& e, void* workspace) {
+  const GradientSet& grads = e.plan.backward.grads;
+  if (!grads.value && !grads.locations && !grads.weights) return;
+  DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
+    using T = decltype(t);
+    using L = decltype(l);
+    using Acc = decltype(acc);
+    const BackwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan,
+                                           static_cast<char*>(workspace)};
+    if (grads.value) {
+      kernel.RunWithValueGradient();
+    } else {
+      kernel.RunWithoutValueGradient();
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace msda

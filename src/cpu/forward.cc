@@ -1,0 +1,96 @@
+// Forward: out[b, q, h*D + d] = sum over (l, p) of A * bilinear(value)[d].
+// A tile is (batch, query block, head). For each query the tile first computes, for all L*P
+// points, the element offsets of the in-map corners and their weights (already multiplied
+// by the attention weight) into per-thread scratch, then gathers those rows into an
+// accumulator of D values: the coordinate math runs in one pass and the gathers in a tight
+// loop over a compact corner list.
+#include <algorithm>
+
+#include "cpu/kernels.h"
+#include "cpu/sampling.h"
+#include "threads.h"
+
+namespace msda {
+namespace cpu {
+namespace {
+
+template <typename T, typename L, typename Acc>
+struct ForwardKernel {
+  const Problem& p;
+  const Params& prm;
+  const Plan& plan;
+  char* workspace;
+
+  void RunTile(int64_t tile, int thread_index) const {
+    const ForwardPlan& f = plan.forward;
+    const int64_t head = tile % p.heads;
+    const int64_t block = (tile / p.heads) % f.num_query_blocks;
+    const int64_t batch = tile / (p.heads * f.num_query_blocks);
+    const int64_t q_begin = block * f.query_block;
+    const int64_t q_end = std::min(p.queries, q_begin + f.query_block);
+
+    const ScratchLayout& s = plan.scratch;
+    char* scratch = workspace + thread_index * s.bytes;
+    int64_t* offsets = reinterpret_cast<int64_t*>(scratch + s.corner_offsets);  // [L * P * 4]
+    Acc* weights = reinterpret_cast<Acc*>(scratch + s.corner_weights);          // [L * P * 4]
+    Acc* acc = reinterpret_cast<Acc*>(scratch + s.row);                         // [D]
+
+    const T* value = static_cast<const T*>(prm.value) + batch * prm.value_stride[0] +
+                     head * prm.value_stride[2];  // [keys, dims] of this (batch, head).
+    const int64_t key_stride = prm.value_stride[1];
+    const int64_t dim_stride = prm.value_stride[3];
+    const L* loc = static_cast<const L*>(prm.loc);
+    const T* attn = static_cast<const T*>(prm.attn);
+    T* out = static_cast<T*>(prm.out);
+
+    for (int64_t q = q_begin; q < q_end; ++q) {
+      // Pass 1: geometry of every point; only in-map corners enter the list.
+      int64_t count = 0;
+      for (int64_t l = 0; l < p.num_levels(); ++l) {
+        const Level& level = p.levels[l];
+        const L* loc_lp = loc + batch * prm.loc_stride[0] + q * prm.loc_stride[1] +
+                          head * prm.loc_stride[2] + l * prm.loc_stride[3];
+        const T* attn_lp = attn + batch * prm.attn_stride[0] + q * prm.attn_stride[1] +
+                           head * prm.attn_stride[2] + l * prm.attn_stride[3];
+        for (int64_t pt = 0; pt < p.points; ++pt) {
+          const Acc x = Load<Acc>(loc_lp + pt * prm.loc_stride[4]);
+          const Acc y = Load<Acc>(loc_lp + pt * prm.loc_stride[4] + prm.loc_stride[5]);
+          const PointGeometry<Acc> g = Locate<Acc>(level, x, y);
+          if (!g.inside) continue;
+          const Acc a = Load<Acc>(attn_lp + pt * prm.attn_stride[4]);
+          for (int c = 0; c < 4; ++c) {
+            if (g.row[c] < 0) continue;
+            offsets[count] = g.row[c] * key_stride;
+            weights[count] = g.weight[c] * a;
+            ++count;
+          }
+        }
+      }
+      // Pass 2: gather the corner rows.
+      std::fill(acc, acc + p.dims, Acc(0));
+      for (int64_t i = 0; i < count; ++i) {
+        Axpy<T, Acc>(acc, weights[i], value + offsets[i], dim_stride, p.dims);
+      }
+      T* out_q = out + batch * prm.out_stride[0] + q * prm.out_stride[1] +
+                 head * p.dims * prm.out_stride[2];
+      for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(out_q + d * prm.out_stride[2], acc[d]);
+    }
+  }
+};
+
+}  // namespace
+
+void RunForward(const msdaExecutor& e, void* workspace) {
+  DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
+    using T = decltype(t);
+    using L = decltype(l);
+    using Acc = decltype(acc);
+    const ForwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan,
+                                          static_cast<char*>(workspace)};
+    ParallelFor(e.plan.num_threads, e.plan.forward.num_tiles,
+                [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
+  });
+}
+
+}  // namespace cpu
+}  // namespace msda

@@ -1,0 +1,117 @@
+// The bilinear sampling geometry of one point and the row primitives shared by the forward
+// and backward kernels. Everything here follows docs/semantics.md exactly.
+#ifndef MSDA_SRC_CPU_SAMPLING_H_
+#define MSDA_SRC_CPU_SAMPLING_H_
+
+#include <cmath>
+#include <cstdint>
+
+#include "cpu/numeric.h"
+#include "msda/msda.h"
+#include "shape.h"
+
+namespace msda {
+namespace cpu {
+
+// Where one sampling point falls on its level. Corners are ordered (h0,w0), (h0,w0+1),
+// (h0+1,w0), (h0+1,w0+1); a corner outside the map has row -1 and reads as zero.
+template <typename Acc>
+struct PointGeometry {
+  bool inside = false;  // The gate: -1 < h_im < H and -1 < w_im < W (NaN and Inf fail it).
+  Acc lh = 0, lw = 0;   // Fractional parts of h_im and w_im.
+  int64_t row[4] = {-1, -1, -1, -1};  // Key rows (into value's keys dimension).
+  Acc weight[4] = {0, 0, 0, 0};       // Bilinear corner weights.
+};
+
+template <typename Acc>
+inline PointGeometry<Acc> Locate(const Level& level, Acc x, Acc y) {
+  PointGeometry<Acc> g;
+  const Acc height = static_cast<Acc>(level.height);
+  const Acc width = static_cast<Acc>(level.width);
+  const Acc h_im = y * height - Acc(0.5);
+  const Acc w_im = x * width - Acc(0.5);
+  if (!(h_im > Acc(-1) && w_im > Acc(-1) && h_im < height && w_im < width)) return g;
+  g.inside = true;
+  const Acc h_floor = std::floor(h_im);
+  const Acc w_floor = std::floor(w_im);
+  const int64_t h0 = static_cast<int64_t>(h_floor);
+  const int64_t w0 = static_cast<int64_t>(w_floor);
+  g.lh = h_im - h_floor;
+  g.lw = w_im - w_floor;
+  const Acc hh = Acc(1) - g.lh;
+  const Acc hw = Acc(1) - g.lw;
+  g.weight[0] = hh * hw;
+  g.weight[1] = hh * g.lw;
+  g.weight[2] = g.lh * hw;
+  g.weight[3] = g.lh * g.lw;
+  const bool top = h0 >= 0, bottom = h0 + 1 <= level.height - 1;
+  const bool left = w0 >= 0, right = w0 + 1 <= level.width - 1;
+  const int64_t base = level.start + h0 * level.width + w0;
+  if (top && left) g.row[0] = base;
+  if (top && right) g.row[1] = base + 1;
+  if (bottom && left) g.row[2] = base + level.width;
+  if (bottom && right) g.row[3] = base + level.width + 1;
+  return g;
+}
+
+// acc[d] += a * v[d * stride] for d < n.
+template <typename T, typename Acc>
+inline void Axpy(Acc* __restrict acc, Acc a, const T* __restrict v, int64_t stride, int64_t n) {
+  if (stride == 1) {
+    for (int64_t d = 0; d < n; ++d) acc[d] += a * Load<Acc>(v + d);
+  } else {
+    for (int64_t d = 0; d < n; ++d) acc[d] += a * Load<Acc>(v + d * stride);
+  }
+}
+
+// sum over d < n of g[d] * v[d * stride].
+template <typename T, typename Acc>
+inline Acc Dot(const Acc* __restrict g, const T* __restrict v, int64_t stride, int64_t n) {
+  Acc sum = 0;
+  if (stride == 1) {
+    for (int64_t d = 0; d < n; ++d) sum += g[d] * Load<Acc>(v + d);
+  } else {
+    for (int64_t d = 0; d < n; ++d) sum += g[d] * Load<Acc>(v + d * stride);
+  }
+  return sum;
+}
+
+// Calls fn with the kernel's storage types for a problem's dtypes: value type T, location
+// type L and accumulation type Acc.
+template <typename Fn>
+void DispatchTypes(msdaDataType value_dtype, msdaDataType loc_dtype, Fn&& fn) {
+  const bool loc_f32 = loc_dtype == MSDA_FLOAT32;
+  switch (value_dtype) {
+    case MSDA_FLOAT32:
+      fn(float{}, float{}, float{});
+      return;
+    case MSDA_FLOAT64:
+      if (loc_f32) {
+        fn(double{}, float{}, double{});
+      } else {
+        fn(double{}, double{}, double{});
+      }
+      return;
+    case MSDA_FLOAT16:
+      if (loc_f32) {
+        fn(Half{}, float{}, float{});
+      } else {
+        fn(Half{}, Half{}, float{});
+      }
+      return;
+    case MSDA_BFLOAT16:
+      if (loc_f32) {
+        fn(BFloat16{}, float{}, float{});
+      } else {
+        fn(BFloat16{}, BFloat16{}, float{});
+      }
+      return;
+    default:
+      return;  // Refused by validation.
+  }
+}
+
+}  // namespace cpu
+}  // namespace msda
+
+#endif  // MSDA_SRC_CPU_SAMPLING_H_

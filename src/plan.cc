@@ -1,0 +1,182 @@
+#include "plan.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+
+namespace msda {
+namespace {
+
+constexpr int64_t kAlign = 64;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Adds n bytes to a running layout at a 64-byte aligned offset, checking for overflow.
+class Layout {
+ public:
+  int64_t Add(int64_t count, int64_t element_bytes) {
+    const int64_t start = size_;
+    if (count < 0 || element_bytes < 0 ||
+        (element_bytes != 0 && count > (kLimit - start) / element_bytes)) {
+      overflow_ = true;
+      return 0;
+    }
+    const int64_t bytes = count * element_bytes;
+    size_ = std::min(kLimit, CeilDiv(start + bytes, kAlign) * kAlign);
+    return start;
+  }
+  int64_t size() const { return size_; }
+  bool overflow() const { return overflow_; }
+
+ private:
+  // Keeps every offset and size well inside int64 and uint64 arithmetic.
+  static constexpr int64_t kLimit = std::numeric_limits<int64_t>::max() / 4;
+  int64_t size_ = 0;
+  bool overflow_ = false;
+};
+
+// Returns false on overflow.
+bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scratch) {
+  Layout layout;
+  const int64_t corners = p.num_levels() * p.points * 4;
+  scratch->corner_offsets = layout.Add(corners, sizeof(int64_t));
+  scratch->corner_weights = layout.Add(corners, acc_bytes);
+  scratch->row = layout.Add(p.dims, acc_bytes);
+  scratch->grad_row = layout.Add(p.dims, acc_bytes);
+  scratch->bytes = layout.size();
+  return !layout.overflow();
+}
+
+int64_t AccBytes(const Problem& p) { return p.value_dtype == MSDA_FLOAT64 ? 8 : 4; }
+
+}  // namespace
+
+int64_t BackwardEntryBytes(int64_t acc_bytes) {
+  // int32 row within the key block, int32 query within the pass, and the coefficient.
+  return acc_bytes == 8 ? 16 : 12;
+}
+
+bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
+  *plan = Plan();
+  plan->direction = Direction::kForward;
+  plan->acc_bytes = AccBytes(p);
+  const int threads = std::max(1, machine.num_threads);
+
+  // Aim for about 16 tiles per thread so that dynamic scheduling balances uneven tiles
+  // (points outside the maps cost nothing), with blocks small enough to keep the outputs of
+  // a tile in L1 and large enough to amortise the scheduling.
+  ForwardPlan& f = plan->forward;
+  const int64_t rows = p.batch * p.heads;  // Independent (batch, head) rows of queries.
+  const int64_t target_tiles = int64_t{16} * threads;
+  const int64_t blocks_per_row = rows > 0 ? CeilDiv(target_tiles, rows) : 1;
+  f.query_block =
+      std::clamp<int64_t>(CeilDiv(std::max<int64_t>(p.queries, 1), blocks_per_row), 1, 256);
+  f.num_query_blocks = CeilDiv(p.queries, f.query_block);
+  f.num_tiles = rows * f.num_query_blocks;
+  plan->num_threads =
+      static_cast<int>(std::clamp<int64_t>(f.num_tiles, 1, static_cast<int64_t>(threads)));
+
+  if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
+  Layout layout;
+  layout.Add(plan->num_threads, plan->scratch.bytes);
+  if (layout.overflow()) return false;
+  plan->workspace_bytes = static_cast<uint64_t>(layout.size());
+  return true;
+}
+
+bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSet& grads,
+                      Plan* plan) {
+  *plan = Plan();
+  plan->direction = Direction::kBackward;
+  plan->acc_bytes = AccBytes(p);
+  const int threads = std::max(1, machine.num_threads);
+  BackwardPlan& b = plan->backward;
+  b.grads = grads;
+  b.entry_bytes = BackwardEntryBytes(plan->acc_bytes);
+
+  const int64_t corners_per_query = p.num_levels() * p.points * 4;
+  const int64_t queries = std::max<int64_t>(p.queries, 1);
+  if (grads.value) {
+    // A pass holds every contribution of its queries; split the queries if they do not fit.
+    const int64_t budget_entries = kBackwardEntryBudgetBytes / b.entry_bytes;
+    b.pass_queries = std::clamp<int64_t>(budget_entries / corners_per_query, 1, queries);
+    b.pass_queries = std::min<int64_t>(b.pass_queries, std::numeric_limits<int32_t>::max());
+  } else {
+    b.pass_queries = queries;
+  }
+  b.num_passes = CeilDiv(queries, b.pass_queries);
+  // Chunks: at least 64 queries, at most about 256 chunks per pass to bound the counts.
+  b.chunk_queries = std::clamp<int64_t>(CeilDiv(b.pass_queries, 256), 64, 1 << 20);
+  b.chunk_queries = std::min(b.chunk_queries, b.pass_queries);
+  b.chunks_per_pass = CeilDiv(b.pass_queries, b.chunk_queries);
+  // A key block's accumulator rows fill about 16 KiB, so they stay in L1 while added to.
+  b.key_block_rows = std::clamp<int64_t>((int64_t{16} << 10) / (p.dims * plan->acc_bytes), 1, 1024);
+  b.num_key_blocks = CeilDiv(p.keys, b.key_block_rows);
+
+  if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
+  const int64_t parallel_tasks = grads.value ? std::max(b.chunks_per_pass, b.num_key_blocks)
+                                             : p.batch * p.heads * b.chunks_per_pass * b.num_passes;
+  plan->num_threads =
+      static_cast<int>(std::clamp<int64_t>(parallel_tasks, 1, static_cast<int64_t>(threads)));
+
+  Layout layout;
+  layout.Add(plan->num_threads, plan->scratch.bytes);
+  if (grads.value) {
+    if (corners_per_query > std::numeric_limits<int64_t>::max() / b.pass_queries) return false;
+    b.entry_capacity = b.pass_queries * corners_per_query;
+    if (b.chunks_per_pass > std::numeric_limits<int64_t>::max() / (b.num_key_blocks + 1)) {
+      return false;
+    }
+    b.counts_offset = layout.Add(b.chunks_per_pass * b.num_key_blocks, sizeof(int64_t));
+    b.block_start_offset = layout.Add(b.num_key_blocks + 1, sizeof(int64_t));
+    b.entries_offset = layout.Add(b.entry_capacity, b.entry_bytes);
+    if (p.dims > std::numeric_limits<int64_t>::max() / std::max(p.keys, b.pass_queries)) {
+      return false;
+    }
+    b.grad_rows_offset = layout.Add(b.pass_queries * p.dims, plan->acc_bytes);
+    b.accum_offset = layout.Add(p.keys * p.dims, plan->acc_bytes);
+  }
+  if (layout.overflow()) return false;
+  plan->workspace_bytes = static_cast<uint64_t>(layout.size());
+  return true;
+}
+
+std::string DescribePlan(const Problem& p, const Plan& plan) {
+  char buf[1024];
+  std::string s;
+  std::snprintf(buf, sizeof(buf),
+                "msda %s plan: batch=%lld keys=%lld heads=%lld dims=%lld queries=%lld "
+                "levels=%lld points=%lld\n  threads=%d acc_bytes=%lld scratch/thread=%lld B "
+                "workspace=%llu B\n",
+                plan.direction == Direction::kForward ? "forward" : "backward", (long long)p.batch,
+                (long long)p.keys, (long long)p.heads, (long long)p.dims, (long long)p.queries,
+                (long long)p.num_levels(), (long long)p.points, plan.num_threads,
+                (long long)plan.acc_bytes, (long long)plan.scratch.bytes,
+                (unsigned long long)plan.workspace_bytes);
+  s += buf;
+  if (plan.direction == Direction::kForward) {
+    const ForwardPlan& f = plan.forward;
+    std::snprintf(buf, sizeof(buf),
+                  "  tiles=(batch, query block, head): query_block=%lld blocks=%lld tiles=%lld\n",
+                  (long long)f.query_block, (long long)f.num_query_blocks, (long long)f.num_tiles);
+    s += buf;
+  } else {
+    const BackwardPlan& b = plan.backward;
+    std::snprintf(buf, sizeof(buf),
+                  "  grads: value=%d locations=%d weights=%d\n"
+                  "  passes=%lld x %lld queries, chunks/pass=%lld x %lld queries, "
+                  "key blocks=%lld x %lld rows\n"
+                  "  entries: %lld x %lld B at %lld; counts at %lld; grad rows at %lld; "
+                  "accumulator at %lld\n",
+                  b.grads.value, b.grads.locations, b.grads.weights, (long long)b.num_passes,
+                  (long long)b.pass_queries, (long long)b.chunks_per_pass,
+                  (long long)b.chunk_queries, (long long)b.num_key_blocks,
+                  (long long)b.key_block_rows, (long long)b.entry_capacity,
+                  (long long)b.entry_bytes, (long long)b.entries_offset, (long long)b.counts_offset,
+                  (long long)b.grad_rows_offset, (long long)b.accum_offset);
+    s += buf;
+  }
+  return s;
+}
+
+}  // namespace msda

@@ -1,0 +1,97 @@
+// Tiling: a pure host function from the problem and the machine to a plan. The plan fixes how
+// work is split into tiles over threads and lays out the workspace; the run call only follows
+// it. Nothing here depends on pointers, so plans are unit-tested without running a kernel.
+#ifndef MSDA_SRC_PLAN_H_
+#define MSDA_SRC_PLAN_H_
+
+#include <cstdint>
+#include <string>
+
+#include "shape.h"
+
+namespace msda {
+
+enum class Direction { kForward, kBackward };
+
+struct Machine {
+  int num_threads = 1;
+};
+
+// Which gradients a backward call computes.
+struct GradientSet {
+  bool value = true;
+  bool locations = true;
+  bool weights = true;
+};
+
+// Forward: tiles are (batch, query block, head), each an independent piece of output.
+struct ForwardPlan {
+  int64_t query_block = 1;       // Queries per tile.
+  int64_t num_query_blocks = 0;  // ceil(queries / query_block).
+  int64_t num_tiles = 0;         // batch * num_query_blocks * heads.
+};
+
+// Backward. Gradients of locations and weights are per sampling point and need no
+// reduction. grad_value is a reduction over points; it is done without atomics, in an order
+// that does not depend on the thread count, so that results are bitwise reproducible:
+//   for each (batch, head) unit and each pass over a range of queries:
+//   A. count, per chunk of queries, the corner contributions that fall into each key block;
+//   B. per chunk: compute location and weight gradients, and write each corner contribution
+//      (key row, query, coefficient) at a position fixed by the counts (a counting sort);
+//   C. per key block: add the contributions, in query order, into an fp32 (fp64 for FLOAT64)
+//      accumulator of the block's rows; after the last pass write them to grad_value.
+// Chunk, pass and block sizes depend only on the problem, never on the thread count.
+struct BackwardPlan {
+  GradientSet grads;
+  int64_t chunk_queries = 1;  // Queries per chunk (a task of passes A and B).
+  int64_t pass_queries = 1;   // Queries per pass; bounds the contribution buffer.
+  int64_t num_passes = 1;
+  int64_t chunks_per_pass = 1;  // ceil(pass_queries / chunk_queries).
+  int64_t key_block_rows = 1;   // Rows of value per key block (a task of pass C).
+  int64_t num_key_blocks = 0;
+  int64_t entry_bytes = 0;     // One corner contribution.
+  int64_t entry_capacity = 0;  // Contributions one pass can produce.
+  // Workspace layout, byte offsets (each 64-byte aligned).
+  int64_t counts_offset = 0;       // int64 [chunks_per_pass][num_key_blocks]
+  int64_t block_start_offset = 0;  // int64 [num_key_blocks + 1]
+  int64_t entries_offset = 0;      // entry [entry_capacity]
+  int64_t grad_rows_offset = 0;    // acc [pass_queries][dims]: grad_output rows, converted.
+  int64_t accum_offset = 0;        // acc [keys][dims]: grad_value of one unit.
+};
+
+// Per-thread scratch: the corner offsets and weights of one query's L*P points and two rows
+// of dims in the accumulation type. Byte offsets from the thread's scratch start.
+struct ScratchLayout {
+  int64_t corner_offsets = 0;  // int64 [levels * points * 4]
+  int64_t corner_weights = 0;  // acc [levels * points * 4]
+  int64_t row = 0;             // acc [dims]
+  int64_t grad_row = 0;        // acc [dims]
+  int64_t bytes = 0;           // Per thread, a multiple of 64.
+};
+
+struct Plan {
+  Direction direction = Direction::kForward;
+  int num_threads = 1;
+  int64_t acc_bytes = 4;  // 4: fp32 arithmetic; 8: fp64 (FLOAT64 problems).
+  ForwardPlan forward;
+  BackwardPlan backward;
+  // Per-thread scratch lives at the start of the workspace, num_threads * scratch.bytes.
+  ScratchLayout scratch;
+  uint64_t workspace_bytes = 0;
+};
+
+// Both return false if the workspace size overflows int64 (the caller reports a limit).
+bool MakeForwardPlan(const Problem& problem, const Machine& machine, Plan* plan);
+bool MakeBackwardPlan(const Problem& problem, const Machine& machine, const GradientSet& grads,
+                      Plan* plan);
+
+// The byte size of one corner contribution in the backward counting sort.
+int64_t BackwardEntryBytes(int64_t acc_bytes);
+// Bytes the backward may spend on contributions in one pass; passes split queries to fit.
+constexpr int64_t kBackwardEntryBudgetBytes = int64_t{32} << 20;
+
+std::string DescribePlan(const Problem& problem, const Plan& plan);
+
+}  // namespace msda
+
+#endif  // MSDA_SRC_PLAN_H_

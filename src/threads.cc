@@ -1,0 +1,124 @@
+#include "threads.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace msda {
+namespace {
+
+struct Job {
+  const std::function<void(int64_t, int)>* fn = nullptr;
+  int64_t num_tasks = 0;
+  std::atomic<int64_t> next_task{0};
+  std::atomic<int> next_thread_index{1};  // Index 0 is the caller's.
+  int num_threads = 1;
+  std::atomic<int64_t> done_tasks{0};
+  std::mutex mutex;
+  std::condition_variable finished;
+
+  // Takes tasks until none are left; returns after the last task it ran.
+  void Work(int thread_index) {
+    int64_t ran = 0;
+    for (;;) {
+      const int64_t task = next_task.fetch_add(1, std::memory_order_relaxed);
+      if (task >= num_tasks) break;
+      (*fn)(task, thread_index);
+      ++ran;
+    }
+    if (ran > 0 && done_tasks.fetch_add(ran, std::memory_order_acq_rel) + ran == num_tasks) {
+      std::lock_guard<std::mutex> lock(mutex);
+      finished.notify_all();
+    }
+  }
+};
+
+class Pool {
+ public:
+  static Pool& Get() {
+    // Leaked on purpose: worker threads must not be joined during static destruction.
+    static Pool* pool = new Pool();
+    return *pool;
+  }
+
+  void Run(int num_threads, int64_t num_tasks, const std::function<void(int64_t, int)>& fn) {
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->num_tasks = num_tasks;
+    job->num_threads = num_threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      EnsureWorkers(num_threads - 1);
+      for (int i = 1; i < num_threads; ++i) queue_.push_back(job);
+    }
+    wake_.notify_all();
+    job->Work(0);
+    std::unique_lock<std::mutex> lock(job->mutex);
+    job->finished.wait(
+        lock, [&] { return job->done_tasks.load(std::memory_order_acquire) == job->num_tasks; });
+    // Helpers that dequeue the job later find no task left; the shared_ptr keeps it alive
+    // for them, and fn is not called after this point.
+  }
+
+ private:
+  void EnsureWorkers(int count) {
+    while (static_cast<int>(workers_.size()) < count) {
+      workers_.emplace_back([this] { Loop(); });
+      workers_.back().detach();
+    }
+  }
+
+  void Loop() {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return !queue_.empty(); });
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      const int index = job->next_thread_index.fetch_add(1, std::memory_order_relaxed);
+      if (index < job->num_threads) job->Work(index);
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::vector<std::thread> workers_;
+};
+
+thread_local int tls_num_threads = 0;
+
+}  // namespace
+
+void ParallelFor(int num_threads, int64_t num_tasks,
+                 const std::function<void(int64_t task, int thread_index)>& fn) {
+  if (num_tasks <= 0) return;
+  if (num_threads > num_tasks) num_threads = static_cast<int>(num_tasks);
+  if (num_threads <= 1) {
+    for (int64_t t = 0; t < num_tasks; ++t) fn(t, 0);
+    return;
+  }
+  Pool::Get().Run(num_threads, num_tasks, fn);
+}
+
+int ResolveNumThreads() {
+  if (tls_num_threads > 0) return tls_num_threads;
+  if (const char* env = std::getenv("MSDA_NUM_THREADS")) {
+    const long n = std::strtol(env, nullptr, 10);
+    if (n > 0 && n <= 4096) return static_cast<int>(n);
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+void SetThreadLocalNumThreads(int num_threads) { tls_num_threads = num_threads; }
+int ThreadLocalNumThreads() { return tls_num_threads; }
+
+}  // namespace msda
