@@ -1,0 +1,189 @@
+// The planner is a pure host function: these tests check its decisions without running a
+// kernel.
+#include "plan.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+
+namespace msda {
+namespace {
+
+Problem Encoder() {
+  Problem p;
+  p.batch = 1;
+  p.heads = 8;
+  p.dims = 32;
+  p.queries = 20197;
+  p.points = 4;
+  p.levels = {{100, 152, 0}, {50, 76, 15200}, {25, 38, 19000}, {13, 19, 19950}};
+  p.keys = 20197;
+  return p;
+}
+
+TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
+  for (int threads : {1, 2, 3, 8, 64}) {
+    for (int64_t queries : {0, 1, 7, 900, 20197}) {
+      Problem p = Encoder();
+      p.queries = queries;
+      p.batch = 3;
+      Plan plan;
+      ASSERT_TRUE(MakeForwardPlan(p, Machine{threads}, &plan));
+      const ForwardPlan& f = plan.forward;
+      EXPECT_GE(f.query_block, 1);
+      EXPECT_GE(f.num_query_blocks * f.query_block, queries);
+      EXPECT_LT((f.num_query_blocks - 1) * f.query_block, std::max<int64_t>(queries, 1));
+      EXPECT_EQ(f.num_tiles, p.batch * p.heads * f.num_query_blocks);
+      EXPECT_GE(plan.num_threads, 1);
+      EXPECT_LE(plan.num_threads, threads);
+      if (f.num_tiles >= threads) {
+        EXPECT_EQ(plan.num_threads, threads);
+      }
+      EXPECT_EQ(plan.workspace_bytes, static_cast<uint64_t>(plan.num_threads * plan.scratch.bytes));
+    }
+  }
+}
+
+TEST(ForwardPlan, GivesEveryThreadSeveralTilesWhenThereIsWork) {
+  Plan plan;
+  Problem p = Encoder();
+  p.queries = 900;  // The decoder shape.
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  EXPECT_GE(plan.forward.num_tiles, 16 * 2);
+}
+
+TEST(ScratchLayout, IsAlignedAndHoldsOneQueryOfCorners) {
+  Plan plan;
+  Problem p = Encoder();
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{4}, &plan));
+  const ScratchLayout& s = plan.scratch;
+  const int64_t corners = p.num_levels() * p.points * 4;
+  EXPECT_EQ(s.corner_offsets % 64, 0);
+  EXPECT_EQ(s.corner_weights % 64, 0);
+  EXPECT_EQ(s.row % 64, 0);
+  EXPECT_EQ(s.grad_row % 64, 0);
+  EXPECT_EQ(s.bytes % 64, 0);
+  EXPECT_GE(s.corner_weights - s.corner_offsets, corners * 8);
+  EXPECT_GE(s.row - s.corner_weights, corners * 4);
+  EXPECT_GE(s.grad_row - s.row, p.dims * 4);
+  EXPECT_GE(s.bytes - s.grad_row, p.dims * 4);
+  // fp64 problems accumulate in fp64.
+  p.value_dtype = MSDA_FLOAT64;
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{4}, &plan));
+  EXPECT_EQ(plan.acc_bytes, 8);
+  EXPECT_GE(plan.scratch.row - plan.scratch.corner_weights, corners * 8);
+}
+
+TEST(BackwardPlan, SizesDoNotDependOnTheThreadCount) {
+  // Determinism across thread counts rests on this: chunking, passes and key blocks fix the
+  // summation order of grad_value.
+  Plan one, many;
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{1}, GradientSet{}, &one));
+  for (int threads : {2, 3, 8, 61}) {
+    ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{threads}, GradientSet{}, &many));
+    EXPECT_EQ(one.backward.chunk_queries, many.backward.chunk_queries);
+    EXPECT_EQ(one.backward.pass_queries, many.backward.pass_queries);
+    EXPECT_EQ(one.backward.key_block_rows, many.backward.key_block_rows);
+    EXPECT_EQ(one.backward.num_key_blocks, many.backward.num_key_blocks);
+  }
+}
+
+TEST(BackwardPlan, WorkspaceRegionsAreDisjointAndInBounds) {
+  Plan plan;
+  const Problem p = Encoder();
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  const BackwardPlan& b = plan.backward;
+  const int64_t acc = plan.acc_bytes;
+  struct Region {
+    int64_t begin, bytes;
+  };
+  const Region regions[] = {
+      {0, plan.num_threads * plan.scratch.bytes},
+      {b.counts_offset, b.chunks_per_pass * b.num_key_blocks * 8},
+      {b.block_start_offset, (b.num_key_blocks + 1) * 8},
+      {b.entries_offset, b.entry_capacity * b.entry_bytes},
+      {b.grad_rows_offset, b.pass_queries * p.dims * acc},
+      {b.accum_offset, p.keys * p.dims * acc},
+  };
+  for (size_t i = 0; i < std::size(regions); ++i) {
+    EXPECT_EQ(regions[i].begin % 64, 0) << "region " << i;
+    EXPECT_LE(static_cast<uint64_t>(regions[i].begin + regions[i].bytes), plan.workspace_bytes);
+    for (size_t j = i + 1; j < std::size(regions); ++j) {
+      const bool disjoint = regions[i].begin + regions[i].bytes <= regions[j].begin ||
+                            regions[j].begin + regions[j].bytes <= regions[i].begin;
+      EXPECT_TRUE(disjoint) << "regions " << i << " and " << j;
+    }
+  }
+  EXPECT_EQ(b.entry_capacity, b.pass_queries * p.num_levels() * p.points * 4);
+  EXPECT_GE(b.num_passes * b.pass_queries, p.queries);
+  EXPECT_GE(b.num_key_blocks * b.key_block_rows, p.keys);
+  EXPECT_LT((b.num_key_blocks - 1) * b.key_block_rows, p.keys);
+}
+
+TEST(BackwardPlan, SplitsQueriesIntoPassesToBoundTheContributionBuffer) {
+  Problem p = Encoder();
+  p.queries = 500000;
+  p.levels = {{16, 16, 0}};
+  p.keys = 256;
+  p.points = 16;
+  Plan plan;
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  const BackwardPlan& b = plan.backward;
+  EXPECT_GT(b.num_passes, 1);
+  EXPECT_LE(b.entry_capacity * b.entry_bytes, kBackwardEntryBudgetBytes);
+  EXPECT_GE(b.num_passes * b.pass_queries, p.queries);
+}
+
+TEST(BackwardPlan, NeedsNoReductionBuffersWithoutTheValueGradient) {
+  Plan plan;
+  GradientSet grads;
+  grads.value = false;
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &plan));
+  EXPECT_EQ(plan.workspace_bytes, static_cast<uint64_t>(plan.num_threads * plan.scratch.bytes));
+}
+
+TEST(Plans, FitTheStandardShapesInto64MiB) {
+  Problem decoder = Encoder();
+  decoder.queries = 900;
+  Problem wide = Encoder();
+  wide.batch = 4;
+  wide.queries = 10000;
+  wide.levels = {{64, 64, 0}, {32, 32, 4096}, {16, 16, 5120}, {8, 8, 5376}};
+  wide.keys = 5440;
+  Problem deep = Encoder();
+  deep.heads = 1;
+  deep.dims = 256;
+  deep.queries = 4096;
+  deep.points = 8;
+  deep.levels = {{64, 64, 0}};
+  deep.keys = 4096;
+  for (const Problem& p : {Encoder(), decoder, wide, deep}) {
+    Plan f, b;
+    ASSERT_TRUE(MakeForwardPlan(p, Machine{16}, &f));
+    ASSERT_TRUE(MakeBackwardPlan(p, Machine{16}, GradientSet{}, &b));
+    EXPECT_LE(f.workspace_bytes, uint64_t{64} << 20);
+    EXPECT_LE(b.workspace_bytes, uint64_t{64} << 20);
+  }
+}
+
+TEST(Plans, ReportOverflowInsteadOfWrapping) {
+  Problem p = Encoder();
+  p.keys = int64_t{1} << 60;
+  p.dims = int64_t{1} << 10;
+  Plan plan;
+  EXPECT_FALSE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+}
+
+TEST(Plans, DescribeNamesTheDecisions) {
+  Plan plan;
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, GradientSet{}, &plan));
+  const std::string text = DescribePlan(Encoder(), plan);
+  EXPECT_NE(text.find("backward"), std::string::npos);
+  EXPECT_NE(text.find("key blocks"), std::string::npos);
+  ASSERT_TRUE(MakeForwardPlan(Encoder(), Machine{2}, &plan));
+  EXPECT_NE(DescribePlan(Encoder(), plan).find("query_block"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace msda
