@@ -63,11 +63,16 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   const int threads = std::max(1, machine.num_threads);
 
   // Aim for about 16 tiles per thread so that dynamic scheduling balances uneven tiles
-  // (points outside the maps cost nothing), with blocks small enough to keep the outputs of
-  // a tile in L1 and large enough to amortise the scheduling.
+  // (points outside the maps cost nothing), with query blocks of at most 256 queries.
+  // A tile takes all heads of its queries when there is enough work: value rows of one head
+  // sit heads * dims elements apart, a power-of-two stride in most models, which maps all of
+  // one head's rows onto a few cache sets; walking the heads of a key together reads whole
+  // contiguous rows instead.
   ForwardPlan& f = plan->forward;
-  const int64_t rows = p.batch * p.heads;  // Independent (batch, head) rows of queries.
   const int64_t target_tiles = int64_t{16} * threads;
+  f.heads_per_tile = p.batch * p.queries >= 8 * target_tiles ? p.heads : 1;
+  f.num_head_groups = CeilDiv(p.heads, f.heads_per_tile);
+  const int64_t rows = p.batch * f.num_head_groups;  // Independent rows of query blocks.
   const int64_t blocks_per_row = rows > 0 ? CeilDiv(target_tiles, rows) : 1;
   f.query_block =
       std::clamp<int64_t>(CeilDiv(std::max<int64_t>(p.queries, 1), blocks_per_row), 1, 256);
@@ -94,28 +99,44 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
   b.grads = grads;
   b.entry_bytes = BackwardEntryBytes(plan->acc_bytes);
 
-  const int64_t corners_per_query = p.num_levels() * p.points * 4;
+  // Work is per batch item and walks all heads of each query together (see ForwardPlan), so
+  // a query makes heads * levels * points * 4 corner contributions.
+  int64_t corners_per_query;
+  if (__builtin_mul_overflow(p.heads * p.num_levels() * p.points, int64_t{4}, &corners_per_query)) {
+    return false;
+  }
+  int64_t channels;  // heads * dims: one key row, or one query row, of every head.
+  if (__builtin_mul_overflow(p.heads, p.dims, &channels)) return false;
   const int64_t queries = std::max<int64_t>(p.queries, 1);
   if (grads.value) {
     // A pass holds every contribution of its queries; split the queries if they do not fit.
+    // Entries index (query in pass, head) in an int32.
     const int64_t budget_entries = kBackwardEntryBudgetBytes / b.entry_bytes;
     b.pass_queries = std::clamp<int64_t>(budget_entries / corners_per_query, 1, queries);
-    b.pass_queries = std::min<int64_t>(b.pass_queries, std::numeric_limits<int32_t>::max());
+    b.pass_queries =
+        std::min<int64_t>(b.pass_queries, std::numeric_limits<int32_t>::max() / p.heads);
+    if (b.pass_queries < 1) return false;
   } else {
     b.pass_queries = queries;
   }
   b.num_passes = CeilDiv(queries, b.pass_queries);
-  // Chunks: at least 64 queries, at most about 256 chunks per pass to bound the counts.
-  b.chunk_queries = std::clamp<int64_t>(CeilDiv(b.pass_queries, 256), 64, 1 << 20);
+  // Chunks: at least 16 queries, at most about 256 chunks per pass to bound the counts.
+  b.chunk_queries = std::clamp<int64_t>(CeilDiv(b.pass_queries, 256), 16, 1 << 20);
   b.chunk_queries = std::min(b.chunk_queries, b.pass_queries);
   b.chunks_per_pass = CeilDiv(b.pass_queries, b.chunk_queries);
-  // A key block's accumulator rows fill about 16 KiB, so they stay in L1 while added to.
-  b.key_block_rows = std::clamp<int64_t>((int64_t{16} << 10) / (p.dims * plan->acc_bytes), 1, 1024);
+  // A key block's accumulator rows (every head) fill about 32 KiB, so they stay in L1/L2
+  // while added to. A power of two, so that the kernels find a row's block with a shift.
+  const int64_t row_bytes = std::max<int64_t>(channels * plan->acc_bytes, 1);
+  b.key_block_shift = 0;
+  while (b.key_block_shift < 10 && (row_bytes << (b.key_block_shift + 1)) <= (int64_t{32} << 10)) {
+    ++b.key_block_shift;
+  }
+  b.key_block_rows = int64_t{1} << b.key_block_shift;
   b.num_key_blocks = CeilDiv(p.keys, b.key_block_rows);
 
   if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
   const int64_t parallel_tasks = grads.value ? std::max(b.chunks_per_pass, b.num_key_blocks)
-                                             : p.batch * p.heads * b.chunks_per_pass * b.num_passes;
+                                             : p.batch * b.chunks_per_pass * b.num_passes;
   plan->num_threads =
       static_cast<int>(std::clamp<int64_t>(parallel_tasks, 1, static_cast<int64_t>(threads)));
 
@@ -130,11 +151,11 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
     b.counts_offset = layout.Add(b.chunks_per_pass * b.num_key_blocks, sizeof(int64_t));
     b.block_start_offset = layout.Add(b.num_key_blocks + 1, sizeof(int64_t));
     b.entries_offset = layout.Add(b.entry_capacity, b.entry_bytes);
-    if (p.dims > std::numeric_limits<int64_t>::max() / std::max(p.keys, b.pass_queries)) {
+    if (channels > std::numeric_limits<int64_t>::max() / std::max(p.keys, b.pass_queries)) {
       return false;
     }
-    b.grad_rows_offset = layout.Add(b.pass_queries * p.dims, plan->acc_bytes);
-    b.accum_offset = layout.Add(p.keys * p.dims, plan->acc_bytes);
+    b.grad_rows_offset = layout.Add(b.pass_queries * channels, plan->acc_bytes);
+    b.accum_offset = layout.Add(p.keys * channels, plan->acc_bytes);
   }
   if (layout.overflow()) return false;
   plan->workspace_bytes = static_cast<uint64_t>(layout.size());
@@ -157,8 +178,10 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
   if (plan.direction == Direction::kForward) {
     const ForwardPlan& f = plan.forward;
     std::snprintf(buf, sizeof(buf),
-                  "  tiles=(batch, query block, head): query_block=%lld blocks=%lld tiles=%lld\n",
-                  (long long)f.query_block, (long long)f.num_query_blocks, (long long)f.num_tiles);
+                  "  tiles=(batch, query block, head group): query_block=%lld blocks=%lld "
+                  "heads_per_tile=%lld tiles=%lld\n",
+                  (long long)f.query_block, (long long)f.num_query_blocks,
+                  (long long)f.heads_per_tile, (long long)f.num_tiles);
     s += buf;
   } else {
     const BackwardPlan& b = plan.backward;

@@ -24,20 +24,23 @@ struct GradientSet {
   bool weights = true;
 };
 
-// Forward: tiles are (batch, query block, head), each an independent piece of output.
+// Forward: tiles are (batch, query block, head group), each an independent piece of output.
 struct ForwardPlan {
   int64_t query_block = 1;       // Queries per tile.
   int64_t num_query_blocks = 0;  // ceil(queries / query_block).
-  int64_t num_tiles = 0;         // batch * num_query_blocks * heads.
+  int64_t heads_per_tile = 1;    // Heads a tile walks together, for each of its queries.
+  int64_t num_head_groups = 1;   // ceil(heads / heads_per_tile).
+  int64_t num_tiles = 0;         // batch * num_query_blocks * num_head_groups.
 };
 
 // Backward. Gradients of locations and weights are per sampling point and need no
 // reduction. grad_value is a reduction over points; it is done without atomics, in an order
 // that does not depend on the thread count, so that results are bitwise reproducible:
-//   for each (batch, head) unit and each pass over a range of queries:
+//   for each batch item and each pass over a range of queries (all heads of each query):
 //   A. count, per chunk of queries, the corner contributions that fall into each key block;
 //   B. per chunk: compute location and weight gradients, and write each corner contribution
-//      (key row, query, coefficient) at a position fixed by the counts (a counting sort);
+//      (key row, query and head, coefficient) at a position fixed by the counts (a counting
+//      sort);
 //   C. per key block: add the contributions, in query order, into an fp32 (fp64 for FLOAT64)
 //      accumulator of the block's rows; after the last pass write them to grad_value.
 // Chunk, pass and block sizes depend only on the problem, never on the thread count.
@@ -47,7 +50,8 @@ struct BackwardPlan {
   int64_t pass_queries = 1;   // Queries per pass; bounds the contribution buffer.
   int64_t num_passes = 1;
   int64_t chunks_per_pass = 1;  // ceil(pass_queries / chunk_queries).
-  int64_t key_block_rows = 1;   // Rows of value per key block (a task of pass C).
+  int64_t key_block_rows = 1;   // Keys per key block (a task of pass C), all heads;
+  int64_t key_block_shift = 0;  // a power of two: key_block_rows == 1 << key_block_shift.
   int64_t num_key_blocks = 0;
   int64_t entry_bytes = 0;     // One corner contribution.
   int64_t entry_capacity = 0;  // Contributions one pass can produce.
@@ -55,8 +59,8 @@ struct BackwardPlan {
   int64_t counts_offset = 0;       // int64 [chunks_per_pass][num_key_blocks]
   int64_t block_start_offset = 0;  // int64 [num_key_blocks + 1]
   int64_t entries_offset = 0;      // entry [entry_capacity]
-  int64_t grad_rows_offset = 0;    // acc [pass_queries][dims]: grad_output rows, converted.
-  int64_t accum_offset = 0;        // acc [keys][dims]: grad_value of one unit.
+  int64_t grad_rows_offset = 0;    // acc [pass_queries][heads][dims]: grad_output rows.
+  int64_t accum_offset = 0;        // acc [keys][heads][dims]: grad_value of a batch item.
 };
 
 // Per-thread scratch: the corner offsets and weights of one query's L*P points and two rows
@@ -88,7 +92,7 @@ bool MakeBackwardPlan(const Problem& problem, const Machine& machine, const Grad
 // The byte size of one corner contribution in the backward counting sort.
 int64_t BackwardEntryBytes(int64_t acc_bytes);
 // Bytes the backward may spend on contributions in one pass; passes split queries to fit.
-constexpr int64_t kBackwardEntryBudgetBytes = int64_t{32} << 20;
+constexpr int64_t kBackwardEntryBudgetBytes = int64_t{24} << 20;
 
 std::string DescribePlan(const Problem& problem, const Plan& plan);
 

@@ -13,11 +13,13 @@ namespace msda {
 namespace cpu {
 namespace {
 
-// One corner contribution: grad_value[block row] += coef * grad_output row of query.
+// One corner contribution: accumulator row (key row in the block * heads + head) +=
+// coef * grad_output row slot (query in pass * heads + head). Both indices are precomputed so
+// that the reduction does no division.
 template <typename Acc>
 struct Entry {
-  int32_t row_in_block;
-  int32_t query_in_pass;
+  int32_t accum_row;
+  int32_t slot;
   Acc coef;
 };
 static_assert(sizeof(Entry<float>) == 12, "BackwardEntryBytes assumes 12-byte fp32 entries");
@@ -56,38 +58,49 @@ struct BackwardKernel {
   }
 
   // Pass A: per key block, how many contributions the chunk's queries make.
-  void Count(int64_t b, int64_t h, int64_t q_begin, int64_t q_end, int64_t* counts) const {
+  void Count(int64_t b, int64_t q_begin, int64_t q_end, int64_t* counts) const {
     std::fill(counts, counts + bp().num_key_blocks, int64_t{0});
     for (int64_t q = q_begin; q < q_end; ++q) {
-      for (int64_t l = 0; l < p.num_levels(); ++l) {
-        for (int64_t pt = 0; pt < p.points; ++pt) {
-          const PointGeometry<Acc> g = Point(b, q, h, l, pt);
-          if (!g.inside) continue;
-          for (int c = 0; c < 4; ++c) {
-            if (g.row[c] >= 0) ++counts[g.row[c] / bp().key_block_rows];
+      for (int64_t h = 0; h < p.heads; ++h) {
+        for (int64_t l = 0; l < p.num_levels(); ++l) {
+          for (int64_t pt = 0; pt < p.points; ++pt) {
+            const PointGeometry<Acc> g = Point(b, q, h, l, pt);
+            if (!g.inside) continue;
+            for (int c = 0; c < 4; ++c) {
+              if (g.row[c] >= 0) ++counts[g.row[c] >> bp().key_block_shift];
+            }
           }
         }
       }
     }
   }
 
-  // Pass B: location and weight gradients of the queries [q_begin, q_end); with cursors
-  // (one per key block, from the counting sort) also the grad_value contributions, and
-  // the grad_output rows in the accumulation type (grad_rows, indexed from pass_begin).
-  void Points(int64_t b, int64_t h, int64_t q_begin, int64_t q_end, int64_t pass_begin,
-              int64_t* cursors, int thread_index) const {
+  // Pass B: location and weight gradients of the queries [q_begin, q_end), every head; with
+  // cursors (one per key block, from the counting sort) also the grad_value contributions,
+  // and the grad_output rows in the accumulation type (grad_rows, indexed from pass_begin).
+  void Points(int64_t b, int64_t q_begin, int64_t q_end, int64_t pass_begin, int64_t* cursors,
+              int thread_index) const {
+    for (int64_t q = q_begin; q < q_end; ++q) {
+      for (int64_t h = 0; h < p.heads; ++h) {
+        const int64_t slot = (q - pass_begin) * p.heads + h;
+        Acc* g_row = cursors != nullptr
+                         ? GradRows() + slot * p.dims
+                         : reinterpret_cast<Acc*>(Scratch(thread_index) + plan.scratch.grad_row);
+        PointsOfHead(b, q, h, slot, g_row, cursors);
+      }
+    }
+  }
+
+  void PointsOfHead(int64_t b, int64_t q, int64_t h, int64_t slot, Acc* g_row,
+                    int64_t* cursors) const {
     const T* value = static_cast<const T*>(prm.value) + b * prm.value_stride[0] +
                      h * prm.value_stride[2];  // [keys, dims] of this (batch, head).
     const int64_t key_stride = prm.value_stride[1];
     const int64_t dim_stride = prm.value_stride[3];
-    const T* grad_out = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
-                        h * p.dims * prm.grad_out_stride[2];
     Entry<Acc>* entries = Entries();
-    for (int64_t q = q_begin; q < q_end; ++q) {
-      Acc* g_row = cursors != nullptr
-                       ? GradRows() + (q - pass_begin) * p.dims
-                       : reinterpret_cast<Acc*>(Scratch(thread_index) + plan.scratch.grad_row);
-      const T* g_src = grad_out + q * prm.grad_out_stride[1];
+    {
+      const T* g_src = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
+                       q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2];
       for (int64_t d = 0; d < p.dims; ++d) {
         g_row[d] = Load<Acc>(g_src + d * prm.grad_out_stride[2]);
       }
@@ -104,10 +117,11 @@ struct BackwardKernel {
               if (g.row[c] < 0) continue;
               dot[c] = Dot<T, Acc>(g_row, value + g.row[c] * key_stride, dim_stride, p.dims);
               if (cursors != nullptr) {
-                const int64_t block = g.row[c] / bp().key_block_rows;
+                const int64_t block = g.row[c] >> bp().key_block_shift;
+                const int64_t row_in_block = g.row[c] - (block << bp().key_block_shift);
                 entries[cursors[block]++] =
-                    Entry<Acc>{static_cast<int32_t>(g.row[c] - block * bp().key_block_rows),
-                               static_cast<int32_t>(q - pass_begin), g.weight[c] * a};
+                    Entry<Acc>{static_cast<int32_t>(row_in_block * p.heads + h),
+                               static_cast<int32_t>(slot), g.weight[c] * a};
               }
             }
             const Acc hh = Acc(1) - g.lh, hw = Acc(1) - g.lw;
@@ -138,27 +152,29 @@ struct BackwardKernel {
 
   // Pass C: add one key block's contributions, in order, into its accumulator rows; zero
   // them first on the first pass, write them to grad_value after the last.
-  void Reduce(int64_t b, int64_t h, int64_t block, bool first_pass, bool last_pass) const {
+  void Reduce(int64_t b, int64_t block, bool first_pass, bool last_pass) const {
     const int64_t rows = bp().key_block_rows;
     const int64_t row_begin = block * rows;
     const int64_t row_end = std::min(p.keys, row_begin + rows);
-    Acc* accum = Accum() + row_begin * p.dims;
-    if (first_pass) std::fill(accum, accum + (row_end - row_begin) * p.dims, Acc(0));
+    const int64_t heads = p.heads, dims = p.dims;
+    Acc* accum = Accum() + row_begin * heads * dims;  // [rows][heads][dims]
+    if (first_pass) std::fill(accum, accum + (row_end - row_begin) * heads * dims, Acc(0));
     const Entry<Acc>* entries = Entries();
     const Acc* grad_rows = GradRows();
     const int64_t* block_start = BlockStart();
     for (int64_t i = block_start[block]; i < block_start[block + 1]; ++i) {
       const Entry<Acc>& e = entries[i];
-      Axpy<Acc, Acc>(accum + e.row_in_block * p.dims, e.coef, grad_rows + e.query_in_pass * p.dims,
-                     1, p.dims);
+      Axpy<Acc, Acc>(accum + int64_t{e.accum_row} * dims, e.coef,
+                     grad_rows + int64_t{e.slot} * dims, 1, dims);
     }
     if (!last_pass) return;
-    T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0] +
-                    h * prm.grad_value_stride[2];
+    T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0];
     for (int64_t r = row_begin; r < row_end; ++r) {
-      T* dst = grad_value + r * prm.grad_value_stride[1];
-      const Acc* src = accum + (r - row_begin) * p.dims;
-      for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(dst + d * prm.grad_value_stride[3], src[d]);
+      for (int64_t h = 0; h < heads; ++h) {
+        T* dst = grad_value + r * prm.grad_value_stride[1] + h * prm.grad_value_stride[2];
+        const Acc* src = accum + ((r - row_begin) * heads + h) * dims;
+        for (int64_t d = 0; d < dims; ++d) Store<Acc>(dst + d * prm.grad_value_stride[3], src[d]);
+      }
     }
   }
 
@@ -167,7 +183,7 @@ struct BackwardKernel {
     const int threads = plan.num_threads;
     const int64_t blocks = plan_b.num_key_blocks;
     for (int64_t b = 0; b < p.batch; ++b) {
-      for (int64_t h = 0; h < p.heads; ++h) {
+      {
         for (int64_t pass = 0; pass < plan_b.num_passes; ++pass) {
           const int64_t pass_begin = std::min(p.queries, pass * plan_b.pass_queries);
           const int64_t pass_end = std::min(p.queries, pass_begin + plan_b.pass_queries);
@@ -181,7 +197,7 @@ struct BackwardKernel {
           ParallelFor(threads, chunks, [&](int64_t c, int) {
             int64_t q0, q1;
             chunk_range(c, &q0, &q1);
-            Count(b, h, q0, q1, counts + c * blocks);
+            Count(b, q0, q1, counts + c * blocks);
           });
           // Exclusive prefix over (block, chunk): a block's entries are grouped by chunk, so
           // in query order. Counts become each chunk's write cursors.
@@ -199,25 +215,24 @@ struct BackwardKernel {
           ParallelFor(threads, chunks, [&](int64_t c, int thread_index) {
             int64_t q0, q1;
             chunk_range(c, &q0, &q1);
-            Points(b, h, q0, q1, pass_begin, counts + c * blocks, thread_index);
+            Points(b, q0, q1, pass_begin, counts + c * blocks, thread_index);
           });
           const bool first = pass == 0, last = pass == plan_b.num_passes - 1;
-          ParallelFor(threads, blocks, [&](int64_t k, int) { Reduce(b, h, k, first, last); });
+          ParallelFor(threads, blocks, [&](int64_t k, int) { Reduce(b, k, first, last); });
         }
       }
     }
   }
 
   void RunWithoutValueGradient() const {
-    // Tasks are (batch, head, chunk); nothing is shared between them.
+    // Tasks are (batch, chunk of queries); nothing is shared between them.
     const int64_t chunk = bp().chunk_queries;
     const int64_t chunks = (p.queries + chunk - 1) / chunk;
-    ParallelFor(plan.num_threads, p.batch * p.heads * chunks, [&](int64_t task, int thread_index) {
+    ParallelFor(plan.num_threads, p.batch * chunks, [&](int64_t task, int thread_index) {
       const int64_t c = task % chunks;
-      const int64_t h = (task / chunks) % p.heads;
-      const int64_t b = task / (chunks * p.heads);
+      const int64_t b = task / chunks;
       const int64_t q0 = c * chunk;
-      Points(b, h, q0, std::min(p.queries, q0 + chunk), q0, nullptr, thread_index);
+      Points(b, q0, std::min(p.queries, q0 + chunk), q0, nullptr, thread_index);
     });
   }
 };

@@ -34,7 +34,8 @@ TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
       EXPECT_GE(f.query_block, 1);
       EXPECT_GE(f.num_query_blocks * f.query_block, queries);
       EXPECT_LT((f.num_query_blocks - 1) * f.query_block, std::max<int64_t>(queries, 1));
-      EXPECT_EQ(f.num_tiles, p.batch * p.heads * f.num_query_blocks);
+      EXPECT_EQ(f.num_tiles, p.batch * f.num_head_groups * f.num_query_blocks);
+      EXPECT_GE(f.num_head_groups * f.heads_per_tile, p.heads);
       EXPECT_GE(plan.num_threads, 1);
       EXPECT_LE(plan.num_threads, threads);
       if (f.num_tiles >= threads) {
@@ -103,8 +104,8 @@ TEST(BackwardPlan, WorkspaceRegionsAreDisjointAndInBounds) {
       {b.counts_offset, b.chunks_per_pass * b.num_key_blocks * 8},
       {b.block_start_offset, (b.num_key_blocks + 1) * 8},
       {b.entries_offset, b.entry_capacity * b.entry_bytes},
-      {b.grad_rows_offset, b.pass_queries * p.dims * acc},
-      {b.accum_offset, p.keys * p.dims * acc},
+      {b.grad_rows_offset, b.pass_queries * p.heads * p.dims * acc},
+      {b.accum_offset, p.keys * p.heads * p.dims * acc},
   };
   for (size_t i = 0; i < std::size(regions); ++i) {
     EXPECT_EQ(regions[i].begin % 64, 0) << "region " << i;
@@ -115,9 +116,10 @@ TEST(BackwardPlan, WorkspaceRegionsAreDisjointAndInBounds) {
       EXPECT_TRUE(disjoint) << "regions " << i << " and " << j;
     }
   }
-  EXPECT_EQ(b.entry_capacity, b.pass_queries * p.num_levels() * p.points * 4);
+  EXPECT_EQ(b.entry_capacity, b.pass_queries * p.heads * p.num_levels() * p.points * 4);
   EXPECT_GE(b.num_passes * b.pass_queries, p.queries);
   EXPECT_GE(b.num_key_blocks * b.key_block_rows, p.keys);
+  EXPECT_EQ(b.key_block_rows, int64_t{1} << b.key_block_shift);
   EXPECT_LT((b.num_key_blocks - 1) * b.key_block_rows, p.keys);
 }
 

@@ -1,0 +1,328 @@
+// C++ benchmark of msda on the standard shapes, through the public API. Reports, side by side
+// in one run: median forward and backward times, achieved GB/s and GFLOP/s, and the fraction
+// of a roofline made from this machine's memory bandwidth and FMA peak measured in the same
+// run; one thread against all threads. Never a timed test: run it by hand (see README).
+//
+//   bench_msda [--repeats N] [--shapes encoder,decoder,...] [--threads N] [--markdown FILE]
+//              [--uniform]
+#include <msda/msda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+template <typename Fn>
+double Median(int repeats, Fn fn) {
+  std::vector<double> t;
+  fn();  // Warm-up: page faults, thread start.
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = Clock::now();
+    fn();
+    t.push_back(Seconds(start, Clock::now()));
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Runs fn(thread_index) on n threads and returns when all are done.
+template <typename Fn>
+void OnThreads(int n, Fn fn) {
+  std::vector<std::thread> threads;
+  for (int i = 1; i < n; ++i) threads.emplace_back(fn, i);
+  fn(0);
+  for (auto& t : threads) t.join();
+}
+
+// Memory bandwidth: a triad a = b + s * c over arrays far larger than the caches; counts
+// the bytes read and written (3 arrays).
+double MeasureBandwidth(int threads) {
+  const size_t n = size_t{32} << 20;  // 32 Mi floats per array, 384 MiB in all.
+  std::vector<float> a(n, 1.0f), b(n, 2.0f), c(n, 3.0f);
+  const double t = Median(5, [&] {
+    OnThreads(threads, [&](int i) {
+      const size_t begin = n * i / threads, end = n * (i + 1) / threads;
+      for (size_t k = begin; k < end; ++k) a[k] = b[k] + 0.5f * c[k];
+    });
+  });
+  return 3.0 * n * sizeof(float) / t;
+}
+
+// FMA peak: many independent fp32 FMA chains, vectorised for the build machine.
+double MeasureFmaPeak(int threads) {
+  constexpr int kChains = 16, kWidth = 16;
+  const long iterations = 2000000;
+  std::vector<float> sink(threads);
+  const double t = Median(3, [&] {
+    OnThreads(threads, [&](int i) {
+      float acc[kChains][kWidth];
+      for (int c = 0; c < kChains; ++c)
+        for (int w = 0; w < kWidth; ++w) acc[c][w] = 1.0f + 1e-3f * (c + w + i);
+      const float m = 0.9999999f, s = 1e-7f;
+      for (long it = 0; it < iterations; ++it) {
+        for (int c = 0; c < kChains; ++c)
+          for (int w = 0; w < kWidth; ++w) acc[c][w] = acc[c][w] * m + s;
+      }
+      float total = 0;
+      for (int c = 0; c < kChains; ++c)
+        for (int w = 0; w < kWidth; ++w) total += acc[c][w];
+      sink[i] = total;
+    });
+  });
+  volatile float keep = sink[0];
+  (void)keep;
+  return 2.0 * kChains * kWidth * iterations * threads / t;
+}
+
+struct Shape {
+  std::string name;
+  int64_t batch, queries, heads, points, dims;
+  std::vector<std::pair<int64_t, int64_t>> levels;
+};
+
+std::vector<Shape> StandardShapes() {
+  const std::vector<std::pair<int64_t, int64_t>> detr = {{100, 152}, {50, 76}, {25, 38}, {13, 19}};
+  return {
+      {"encoder", 1, 20197, 8, 4, 32, detr},
+      {"decoder", 1, 900, 8, 4, 32, detr},
+      {"wide-batch", 4, 10000, 8, 4, 32, {{64, 64}, {32, 32}, {16, 16}, {8, 8}}},
+      {"deep-dims", 1, 4096, 1, 8, 256, {{64, 64}}},
+  };
+}
+
+#define CHECK_MSDA(expr)                                                         \
+  do {                                                                           \
+    const msdaStatus s_ = (expr);                                                \
+    if (s_ != MSDA_SUCCESS) {                                                    \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, msdaGetLastErrorMessage()); \
+      std::exit(1);                                                              \
+    }                                                                            \
+  } while (0)
+
+struct Case {
+  Shape shape;
+  int64_t keys = 0;
+  std::vector<float> value, loc, attn, out, grad_out, grad_value, grad_loc, grad_attn;
+  std::vector<int64_t> spatial, starts;
+};
+
+// Locations as a trained model makes them: each query has a reference point, and its
+// samples fall a few pixels around it on every level. Encoder queries are the flattened
+// multi-level map itself (queries == keys), so query q's reference point is the centre of key
+// pixel q; other queries (decoder object queries) get uniform random reference points. With
+// uniform = true every sample is uniform on [0, 1]^2 instead: the worst case for caches.
+Case MakeCase(const Shape& s, bool uniform_locations) {
+  Case c;
+  c.shape = s;
+  for (auto [h, w] : s.levels) {
+    c.spatial.push_back(h);
+    c.spatial.push_back(w);
+    c.starts.push_back(c.keys);
+    c.keys += h * w;
+  }
+  const int64_t L = static_cast<int64_t>(s.levels.size());
+  std::mt19937 rng(42);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  c.value.resize(s.batch * c.keys * s.heads * s.dims);
+  for (float& v : c.value) v = normal(rng);
+  const int64_t points = s.batch * s.queries * s.heads * L * s.points;
+  c.loc.resize(points * 2);
+  c.attn.resize(points);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t q = 0; q < s.queries; ++q) {
+      float rx = uniform(rng), ry = uniform(rng);
+      if (s.queries == c.keys) {
+        int64_t l = 0;
+        while (l + 1 < L && c.starts[l + 1] <= q) ++l;
+        const int64_t pixel = q - c.starts[l], width = s.levels[l].second;
+        rx = (pixel % width + 0.5f) / width;
+        ry = (pixel / width + 0.5f) / s.levels[l].first;
+      }
+      for (int64_t i = 0; i < s.heads * L * s.points; ++i) {
+        const int64_t l = (i / s.points) % L;
+        const int64_t idx = (b * s.queries + q) * s.heads * L * s.points + i;
+        if (uniform_locations) {
+          c.loc[2 * idx] = uniform(rng);
+          c.loc[2 * idx + 1] = uniform(rng);
+        } else {
+          c.loc[2 * idx] = rx + 2.0f * normal(rng) / s.levels[l].second;
+          c.loc[2 * idx + 1] = ry + 2.0f * normal(rng) / s.levels[l].first;
+        }
+        c.attn[idx] = uniform(rng) / (L * s.points);
+      }
+    }
+  }
+  c.out.resize(s.batch * s.queries * s.heads * s.dims);
+  c.grad_out.resize(c.out.size());
+  for (float& g : c.grad_out) g = normal(rng);
+  c.grad_value.resize(c.value.size());
+  c.grad_loc.resize(c.loc.size());
+  c.grad_attn.resize(c.attn.size());
+  return c;
+}
+
+struct Tensors {
+  std::vector<msdaTensor*> all;
+  msdaTensor* Add(std::vector<int64_t> dims, msdaDataType dtype, void* data) {
+    all.push_back(
+        msdaCreateTensor(dims.data(), dims.size(), dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, data));
+    return all.back();
+  }
+  ~Tensors() {
+    for (auto* t : all) msdaDestroyTensor(t);
+  }
+};
+
+struct Timing {
+  double forward_s, backward_s;
+  uint64_t forward_ws, backward_ws;
+};
+
+Timing TimeCase(Case& c, int threads, int repeats) {
+  const Shape& s = c.shape;
+  const int64_t L = static_cast<int64_t>(s.levels.size());
+  Tensors t;
+  msdaTensor* value = t.Add({s.batch, c.keys, s.heads, s.dims}, MSDA_FLOAT32, c.value.data());
+  msdaTensor* spatial = t.Add({L, 2}, MSDA_INT64, c.spatial.data());
+  msdaTensor* starts = t.Add({L}, MSDA_INT64, c.starts.data());
+  msdaTensor* loc =
+      t.Add({s.batch, s.queries, s.heads, L, s.points, 2}, MSDA_FLOAT32, c.loc.data());
+  msdaTensor* attn = t.Add({s.batch, s.queries, s.heads, L, s.points}, MSDA_FLOAT32, c.attn.data());
+  msdaTensor* out = t.Add({s.batch, s.queries, s.heads * s.dims}, MSDA_FLOAT32, c.out.data());
+  msdaTensor* grad_out =
+      t.Add({s.batch, s.queries, s.heads * s.dims}, MSDA_FLOAT32, c.grad_out.data());
+  msdaTensor* grad_value =
+      t.Add({s.batch, c.keys, s.heads, s.dims}, MSDA_FLOAT32, c.grad_value.data());
+  msdaTensor* grad_loc =
+      t.Add({s.batch, s.queries, s.heads, L, s.points, 2}, MSDA_FLOAT32, c.grad_loc.data());
+  msdaTensor* grad_attn =
+      t.Add({s.batch, s.queries, s.heads, L, s.points}, MSDA_FLOAT32, c.grad_attn.data());
+
+  CHECK_MSDA(msdaSetNumThreads(threads));
+  Timing timing{};
+  msdaExecutor* fwd = nullptr;
+  CHECK_MSDA(msdaForwardGetWorkspaceSize(value, spatial, starts, loc, attn, out, &timing.forward_ws,
+                                         &fwd));
+  CHECK_MSDA(msdaSetExecutorRepeatable(fwd));
+  std::vector<char> fwd_ws(timing.forward_ws + 1);
+  timing.forward_s = Median(
+      repeats, [&] { CHECK_MSDA(msdaForward(fwd_ws.data(), timing.forward_ws, fwd, nullptr)); });
+  msdaDestroyExecutor(fwd);
+
+  msdaExecutor* bwd = nullptr;
+  CHECK_MSDA(msdaBackwardGetWorkspaceSize(value, spatial, starts, loc, attn, grad_out, grad_value,
+                                          grad_loc, grad_attn, &timing.backward_ws, &bwd));
+  CHECK_MSDA(msdaSetExecutorRepeatable(bwd));
+  std::vector<char> bwd_ws(timing.backward_ws + 1);
+  timing.backward_s = Median(
+      repeats, [&] { CHECK_MSDA(msdaBackward(bwd_ws.data(), timing.backward_ws, bwd, nullptr)); });
+  msdaDestroyExecutor(bwd);
+  return timing;
+}
+
+// Bytes that must move: every input read once, every output written once (fp32).
+double ForwardBytes(const Case& c) {
+  return 4.0 * (c.value.size() + c.loc.size() + c.attn.size() + c.out.size());
+}
+double BackwardBytes(const Case& c) {
+  return 4.0 * (c.value.size() + c.loc.size() + c.attn.size() + c.grad_out.size() +
+                c.grad_value.size() + c.grad_loc.size() + c.grad_attn.size());
+}
+// FLOPs: per sampling point, 4 corners of D multiply-adds (forward); the backward does a
+// dot product and a scaled add per corner. Coordinate math is not counted.
+double ForwardFlops(const Case& c) { return 2.0 * 4 * c.attn.size() * c.shape.dims; }
+double BackwardFlops(const Case& c) { return 2.0 * ForwardFlops(c); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int repeats = 7;
+  int all_threads = static_cast<int>(std::thread::hardware_concurrency());
+  std::string only, markdown;
+  bool uniform_locations = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (arg == "--repeats")
+      repeats = std::max(1, std::atoi(next().c_str()));
+    else if (arg == "--threads")
+      all_threads = std::max(1, std::atoi(next().c_str()));
+    else if (arg == "--shapes")
+      only = "," + next() + ",";
+    else if (arg == "--markdown")
+      markdown = next();
+    else if (arg == "--uniform")
+      uniform_locations = true;
+    else {
+      std::printf(
+          "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n",
+          argv[0]);
+      return arg == "--help" ? 0 : 2;
+    }
+  }
+
+  std::printf("msda %d, measuring the machine with %d threads...\n", msdaGetVersion(), all_threads);
+  const double bw1 = MeasureBandwidth(1), bwn = MeasureBandwidth(all_threads);
+  const double fma1 = MeasureFmaPeak(1), fman = MeasureFmaPeak(all_threads);
+  std::printf("memory bandwidth (triad): 1 thread %.1f GB/s, %d threads %.1f GB/s\n", bw1 / 1e9,
+              all_threads, bwn / 1e9);
+  std::printf("fp32 FMA peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s\n\n", fma1 / 1e9,
+              all_threads, fman / 1e9);
+
+  std::string table =
+      "| shape | pass | threads | median ms | GB/s | GFLOP/s | roofline ms | x roofline | "
+      "speedup vs 1 thread | workspace MiB |\n|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const Shape& shape : StandardShapes()) {
+    if (!only.empty() && only.find("," + shape.name + ",") == std::string::npos) continue;
+    Case c = MakeCase(shape, uniform_locations);
+    const Timing one = TimeCase(c, 1, repeats);
+    const Timing all = TimeCase(c, all_threads, repeats);
+    for (int pass = 0; pass < 2; ++pass) {
+      const double bytes = pass == 0 ? ForwardBytes(c) : BackwardBytes(c);
+      const double flops = pass == 0 ? ForwardFlops(c) : BackwardFlops(c);
+      for (int k = 0; k < 2; ++k) {
+        const Timing& t = k == 0 ? one : all;
+        const int threads = k == 0 ? 1 : all_threads;
+        const double seconds = pass == 0 ? t.forward_s : t.backward_s;
+        const double bw = k == 0 ? bw1 : bwn, fma = k == 0 ? fma1 : fman;
+        const double roofline = std::max(bytes / bw, flops / fma);
+        const double speedup = (pass == 0 ? one.forward_s : one.backward_s) / seconds;
+        const uint64_t ws = pass == 0 ? t.forward_ws : t.backward_ws;
+        char row[512];
+        std::snprintf(row, sizeof(row),
+                      "| %s | %s | %d | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f |\n",
+                      shape.name.c_str(), pass == 0 ? "forward" : "backward", threads,
+                      seconds * 1e3, bytes / seconds / 1e9, flops / seconds / 1e9, roofline * 1e3,
+                      seconds / roofline, speedup, ws / 1048576.0);
+        table += row;
+      }
+    }
+  }
+  std::printf("%s", table.c_str());
+  if (!markdown.empty()) {
+    FILE* f = std::fopen(markdown.c_str(), "w");
+    if (f == nullptr) return 1;
+    std::fprintf(f,
+                 "Memory bandwidth (triad): 1 thread %.1f GB/s, %d threads %.1f GB/s. "
+                 "fp32 FMA peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s.\n\n%s",
+                 bw1 / 1e9, all_threads, bwn / 1e9, fma1 / 1e9, all_threads, fman / 1e9,
+                 table.c_str());
+    std::fclose(f);
+  }
+  return 0;
+}
