@@ -23,12 +23,20 @@ struct ForwardKernel {
 
   void RunTile(int64_t tile, int thread_index) const {
     const ForwardPlan& f = plan.forward;
-    const int64_t head = tile % p.heads;
-    const int64_t block = (tile / p.heads) % f.num_query_blocks;
-    const int64_t batch = tile / (p.heads * f.num_query_blocks);
+    const int64_t group = tile % f.num_head_groups;
+    const int64_t block = (tile / f.num_head_groups) % f.num_query_blocks;
+    const int64_t batch = tile / (f.num_head_groups * f.num_query_blocks);
     const int64_t q_begin = block * f.query_block;
     const int64_t q_end = std::min(p.queries, q_begin + f.query_block);
+    const int64_t h_begin = group * f.heads_per_tile;
+    const int64_t h_end = std::min(p.heads, h_begin + f.heads_per_tile);
+    for (int64_t q = q_begin; q < q_end; ++q) {
+      for (int64_t head = h_begin; head < h_end; ++head) RunQuery(batch, q, head, thread_index);
+    }
+  }
 
+  // One (batch, query, head): out[batch, q, head * D + d] for every d.
+  void RunQuery(int64_t batch, int64_t q, int64_t head, int thread_index) const {
     const ScratchLayout& s = plan.scratch;
     char* scratch = workspace + thread_index * s.bytes;
     int64_t* offsets = reinterpret_cast<int64_t*>(scratch + s.corner_offsets);  // [L * P * 4]
@@ -43,7 +51,7 @@ struct ForwardKernel {
     const T* attn = static_cast<const T*>(prm.attn);
     T* out = static_cast<T*>(prm.out);
 
-    for (int64_t q = q_begin; q < q_end; ++q) {
+    {
       // Pass 1: geometry of every point; only in-map corners enter the list.
       int64_t count = 0;
       for (int64_t l = 0; l < p.num_levels(); ++l) {
