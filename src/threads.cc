@@ -1,5 +1,7 @@
 #include "threads.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -42,8 +44,14 @@ class Pool {
  public:
   static Pool& Get() {
     // Leaked on purpose: worker threads must not be joined during static destruction.
-    static Pool* pool = new Pool();
-    return *pool;
+    static Pool* pool = [] {
+      // A forked child (a PyTorch DataLoader worker, say) has none of the parent's worker
+      // threads and may inherit a locked mutex: give it a fresh pool. The old one leaks.
+      pthread_atfork(nullptr, nullptr, [] { current = new Pool(); });
+      return new Pool();
+    }();
+    if (current == nullptr) current = pool;
+    return *current;
   }
 
   void Run(int num_threads, int64_t num_tasks, const std::function<void(int64_t, int)>& fn) {
@@ -87,6 +95,7 @@ class Pool {
     }
   }
 
+  static inline Pool* current = nullptr;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
