@@ -1,0 +1,22 @@
+# Driven by ctest: install the freshly built library into a scratch prefix, then build and run
+# the consumer against that prefix only.
+file(REMOVE_RECURSE ${WORK_DIR})
+set(prefix ${WORK_DIR}/prefix)
+
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "command failed (${rc}): ${ARGN}")
+  endif()
+endfunction()
+
+if(BUILD_CONFIG)
+  set(config_args --config ${BUILD_CONFIG})
+endif()
+run(${CMAKE_COMMAND} --install ${MSDA_BINARY_DIR} --prefix ${prefix} ${config_args})
+run(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/build
+    -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
+run(${CMAKE_COMMAND} --build ${WORK_DIR}/build ${config_args})
+find_program(consumer consumer PATHS ${WORK_DIR}/build ${WORK_DIR}/build/${BUILD_CONFIG}
+             NO_DEFAULT_PATH REQUIRED)
+run(${consumer})

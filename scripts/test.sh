@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every test: installs what is missing, builds with -Werror, runs the C++ suite (GoogleTest,
+# the example, the install consumer) through ctest, then the Python package's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+build=${MSDA_BUILD_DIR:-build-test}
+jobs=$(nproc)
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMSDA_WERROR=ON \
+  -DMSDA_BUILD_TESTS=ON -DMSDA_BUILD_EXAMPLES=ON -DMSDA_BUILD_BENCH=ON
+cmake --build "$build" -j "$jobs"
+ctest --test-dir "$build" --output-on-failure -j "$jobs"
+
+if [ -f pyproject.toml ] && [ "${MSDA_SKIP_PYTHON:-0}" != 1 ]; then
+  # torch is pinned to the CPU build kept on these machines; an unpinned install would pull a
+  # multi-GB CUDA build.
+  python3 -m pip install -q "torch==2.13.0" numpy pytest hypothesis scikit-build-core nanobind
+  python3 -m pip install -q --no-build-isolation .
+  python3 -m pytest -q tests/python
+fi
+echo "msda: all tests passed"
