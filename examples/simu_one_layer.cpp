@@ -31,9 +31,9 @@ struct Options {
   int64_t base_height = 32;  // Level l is (base_height >> l) x (base_width >> l), at least 1x1.
   int64_t base_width = 48;
   int epochs = 10;
-  float lr = 0.0f;  // 0 picks a rate that suits the problem size.
+  float lr = 0.0f;           // 0 picks a rate that suits the problem size.
   float location_lr = 0.0f;  // Rate for the sampling locations, relative to lr; 0: default.
-  int threads = 0;  // 0: library default (MSDA_NUM_THREADS or every core).
+  int threads = 0;           // 0: library default (MSDA_NUM_THREADS or every core).
   msdaDataType dtype = MSDA_FLOAT32;
   uint32_t seed = 2024;
 };
@@ -58,25 +58,42 @@ bool ParseOptions(int argc, char** argv, Options* o) {
       return false;
     }
     const char* arg = argv[++i];
-    if (flag == "--batch") o->batch = std::atoll(arg);
-    else if (flag == "--heads") o->heads = std::atoll(arg);
-    else if (flag == "--levels") o->levels = std::atoll(arg);
-    else if (flag == "--points") o->points = std::atoll(arg);
-    else if (flag == "--dims") o->dims = std::atoll(arg);
-    else if (flag == "--queries") o->queries = std::atoll(arg);
-    else if (flag == "--height") o->base_height = std::atoll(arg);
-    else if (flag == "--width") o->base_width = std::atoll(arg);
-    else if (flag == "--epochs") o->epochs = std::atoi(arg);
-    else if (flag == "--lr") o->lr = static_cast<float>(std::atof(arg));
-    else if (flag == "--location-lr") o->location_lr = static_cast<float>(std::atof(arg));
-    else if (flag == "--threads") o->threads = std::atoi(arg);
-    else if (flag == "--seed") o->seed = static_cast<uint32_t>(std::atol(arg));
+    if (flag == "--batch")
+      o->batch = std::atoll(arg);
+    else if (flag == "--heads")
+      o->heads = std::atoll(arg);
+    else if (flag == "--levels")
+      o->levels = std::atoll(arg);
+    else if (flag == "--points")
+      o->points = std::atoll(arg);
+    else if (flag == "--dims")
+      o->dims = std::atoll(arg);
+    else if (flag == "--queries")
+      o->queries = std::atoll(arg);
+    else if (flag == "--height")
+      o->base_height = std::atoll(arg);
+    else if (flag == "--width")
+      o->base_width = std::atoll(arg);
+    else if (flag == "--epochs")
+      o->epochs = std::atoi(arg);
+    else if (flag == "--lr")
+      o->lr = static_cast<float>(std::atof(arg));
+    else if (flag == "--location-lr")
+      o->location_lr = static_cast<float>(std::atof(arg));
+    else if (flag == "--threads")
+      o->threads = std::atoi(arg);
+    else if (flag == "--seed")
+      o->seed = static_cast<uint32_t>(std::atol(arg));
     else if (flag == "--dtype") {
       std::string d = arg;
-      if (d == "float32") o->dtype = MSDA_FLOAT32;
-      else if (d == "float16") o->dtype = MSDA_FLOAT16;
-      else if (d == "bfloat16") o->dtype = MSDA_BFLOAT16;
-      else if (d == "float64") o->dtype = MSDA_FLOAT64;
+      if (d == "float32")
+        o->dtype = MSDA_FLOAT32;
+      else if (d == "float16")
+        o->dtype = MSDA_FLOAT16;
+      else if (d == "bfloat16")
+        o->dtype = MSDA_BFLOAT16;
+      else if (d == "float64")
+        o->dtype = MSDA_FLOAT64;
       else {
         std::fprintf(stderr, "unknown dtype %s\n", arg);
         return false;
@@ -100,7 +117,8 @@ uint16_t FloatToHalf(float f) {
   std::memcpy(&x, &f, 4);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7FFFFFFFu;
-  if (abs >= 0x7F800000u) return static_cast<uint16_t>(sign | (abs > 0x7F800000u ? 0x7E00u : 0x7C00u));
+  if (abs >= 0x7F800000u)
+    return static_cast<uint16_t>(sign | (abs > 0x7F800000u ? 0x7E00u : 0x7C00u));
   if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // Rounds to infinity.
   if (abs < 0x38800000u) {  // Subnormal half: let the FPU round f + 0.5 (2^-1 magic).
     float magic;
@@ -316,16 +334,16 @@ int main(int argc, char** argv) {
   std::vector<unsigned char> workspace;
   double first_loss = 0, last_loss = 0, previous_loss = 0;
   int falls = 0;
-  std::printf("msda %d.%d.%d  simu_one_layer: B=%lld Q=%lld H=%lld L=%lld P=%lld D=%lld K=%lld "
-              "dtype=%s threads=%d lr=%g\n",
-              msdaGetVersion() / 10000, msdaGetVersion() / 100 % 100, msdaGetVersion() % 100,
-              (long long)B, (long long)Q, (long long)H, (long long)L, (long long)P, (long long)D,
-              (long long)keys,
-              o.dtype == MSDA_FLOAT32   ? "float32"
-              : o.dtype == MSDA_FLOAT16 ? "float16"
-              : o.dtype == MSDA_BFLOAT16 ? "bfloat16"
-                                         : "float64",
-              msdaGetNumThreads(), static_cast<double>(lr));
+  std::printf(
+      "msda %d.%d.%d  simu_one_layer: B=%lld Q=%lld H=%lld L=%lld P=%lld D=%lld K=%lld "
+      "dtype=%s threads=%d lr=%g\n",
+      msdaGetVersion() / 10000, msdaGetVersion() / 100 % 100, msdaGetVersion() % 100, (long long)B,
+      (long long)Q, (long long)H, (long long)L, (long long)P, (long long)D, (long long)keys,
+      o.dtype == MSDA_FLOAT32    ? "float32"
+      : o.dtype == MSDA_FLOAT16  ? "float16"
+      : o.dtype == MSDA_BFLOAT16 ? "bfloat16"
+                                 : "float64",
+      msdaGetNumThreads(), static_cast<double>(lr));
 
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
     const auto start = std::chrono::steady_clock::now();
@@ -391,8 +409,7 @@ int main(int argc, char** argv) {
       locations.master[i] -= location_lr * grad_locations.Load(i);
 
     const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count();
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     std::printf("epoch %3d  loss %.6f  (%.1f ms forward+backward+update)\n", epoch, loss, ms);
     if (epoch == 0) first_loss = loss;
     if (epoch > 0 && loss < previous_loss) ++falls;

@@ -12,6 +12,11 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMSDA_WERROR=ON \
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" --output-on-failure -j "$jobs"
 
+# A bounded fuzz run of the C API under ASan and UBSan (scripts/fuzz.sh runs longer ones).
+if [ "${MSDA_FUZZ_SECONDS:-60}" != 0 ]; then
+  bash scripts/fuzz.sh "${MSDA_FUZZ_SECONDS:-60}"
+fi
+
 if [ -f pyproject.toml ] && [ "${MSDA_SKIP_PYTHON:-0}" != 1 ]; then
   # torch is pinned to the CPU build kept on these machines; an unpinned install would pull a
   # multi-GB CUDA build.

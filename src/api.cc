@@ -140,8 +140,19 @@ msdaTensor* msdaCreateTensor(const int64_t* dims, uint64_t ndim, msdaDataType dt
     Refuse(MSDA_ERROR_NULL_POINTER, "tensor: dims is NULL but ndim > 0");
     return nullptr;
   }
-  if (msda::ElementSize(dtype) == 0) {
-    Refuse(MSDA_ERROR_INVALID_DTYPE, "tensor: unknown dtype " + std::to_string(dtype));
+  // A C caller can pass any integer for an enum. Reading such a value as the C++ enum type is
+  // undefined, so the raw integers are checked before the enums are used.
+  int32_t raw_dtype, raw_device;
+  static_assert(sizeof(dtype) == sizeof(raw_dtype) && sizeof(device) == sizeof(raw_device),
+                "C enums are int-sized");
+  std::memcpy(&raw_dtype, &dtype, sizeof raw_dtype);
+  std::memcpy(&raw_device, &device, sizeof raw_device);
+  if (raw_dtype < MSDA_FLOAT32 || raw_dtype > MSDA_INT64) {
+    Refuse(MSDA_ERROR_INVALID_DTYPE, "tensor: unknown dtype " + std::to_string(raw_dtype));
+    return nullptr;
+  }
+  if (raw_device != MSDA_DEVICE_CPU && raw_device != MSDA_DEVICE_CUDA) {
+    Refuse(MSDA_ERROR_INVALID_DEVICE, "tensor: unknown device " + std::to_string(raw_device));
     return nullptr;
   }
   if (offset < 0) {

@@ -35,8 +35,10 @@ bool ByteSpan(const msdaTensor& t, int64_t* begin, int64_t* end);
 // True if two distinct index tuples of the view may address the same element.
 bool SelfOverlaps(const msdaTensor& t);
 
-// The first element's address: data + offset elements.
+// The first element's address: data + offset elements. An empty view may have NULL data (and
+// any offset): its base stays NULL, since it is never dereferenced.
 inline char* BasePointer(const msdaTensor& t) {
+  if (t.data == nullptr) return nullptr;
   return static_cast<char*>(t.data) + t.offset * ElementSize(t.dtype);
 }
 

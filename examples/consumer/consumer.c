@@ -1,7 +1,6 @@
 /* A C program against the installed msda: one tiny forward call checked by hand. */
-#include <msda/msda.h>
-
 #include <math.h>
+#include <msda/msda.h>
 #include <stdio.h>
 
 int main(void) {
@@ -17,12 +16,18 @@ int main(void) {
   const int64_t value_dims[4] = {1, 4, 1, 2}, shape_dims[2] = {1, 2}, start_dims[1] = {1};
   const int64_t location_dims[6] = {1, 1, 1, 1, 1, 2}, weight_dims[5] = {1, 1, 1, 1, 1};
   const int64_t output_dims[3] = {1, 1, 2};
-  msdaTensor* t_value = msdaCreateTensor(value_dims, 4, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, value);
-  msdaTensor* t_shapes = msdaCreateTensor(shape_dims, 2, MSDA_INT32, NULL, 0, MSDA_DEVICE_CPU, 0, shapes);
-  msdaTensor* t_starts = msdaCreateTensor(start_dims, 1, MSDA_INT32, NULL, 0, MSDA_DEVICE_CPU, 0, starts);
-  msdaTensor* t_loc = msdaCreateTensor(location_dims, 6, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, locations);
-  msdaTensor* t_w = msdaCreateTensor(weight_dims, 5, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, weights);
-  msdaTensor* t_out = msdaCreateTensor(output_dims, 3, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, output);
+  msdaTensor* t_value =
+      msdaCreateTensor(value_dims, 4, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, value);
+  msdaTensor* t_shapes =
+      msdaCreateTensor(shape_dims, 2, MSDA_INT32, NULL, 0, MSDA_DEVICE_CPU, 0, shapes);
+  msdaTensor* t_starts =
+      msdaCreateTensor(start_dims, 1, MSDA_INT32, NULL, 0, MSDA_DEVICE_CPU, 0, starts);
+  msdaTensor* t_loc =
+      msdaCreateTensor(location_dims, 6, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, locations);
+  msdaTensor* t_w =
+      msdaCreateTensor(weight_dims, 5, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, weights);
+  msdaTensor* t_out =
+      msdaCreateTensor(output_dims, 3, MSDA_FLOAT32, NULL, 0, MSDA_DEVICE_CPU, 0, output);
 
   uint64_t workspace_size = 0;
   msdaExecutor* executor = NULL;
