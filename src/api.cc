@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "cpu/kernels.h"
+#include "cpu/simd.h"
 #include "error.h"
 #include "executor.h"
 #include "msda/msda.h"
@@ -320,7 +321,12 @@ int32_t msdaGetNumThreads(void) { return msda::ResolveNumThreads(); }
 
 int64_t msdaExecutorDescribe(const msdaExecutor* executor, char* buffer, uint64_t bufferSize) {
   if (!msda::IsLiveExecutor(executor)) return -1;
-  const std::string text = msda::DescribePlan(executor->problem, executor->plan);
+  std::string text = msda::DescribePlan(executor->problem, executor->plan);
+  std::string targets;
+  for (const std::string& t : msda::cpu::AvailableTargets())
+    targets += (targets.empty() ? "" : " ") + t;
+  text +=
+      "simd target: " + std::string(msda::cpu::ActiveTarget()) + " (available: " + targets + ")\n";
   if (buffer != nullptr && bufferSize > 0) {
     const size_t n = std::min<size_t>(text.size(), bufferSize - 1);
     std::memcpy(buffer, text.data(), n);

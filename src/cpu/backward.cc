@@ -2,16 +2,27 @@
 // points, done without atomics by a counting sort (see BackwardPlan in plan.h): every
 // element of grad_value is summed in the same order, (query, level, point, corner)
 // ascending, whatever the thread count, so results are bitwise reproducible.
+//
+// This file is compiled once per SIMD target (Highway's foreach_target); RunBackward at the
+// bottom dispatches to the best one.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/backward.cc"
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
+#include "cpu/simd.h"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
 #include "threads.h"
 
+HWY_BEFORE_NAMESPACE();
 namespace msda {
 namespace cpu {
-namespace {
+namespace HWY_NAMESPACE {
 
 // One corner contribution: accumulator row (key row in the block * heads + head) +=
 // coef * grad_output row slot (query in pass * heads + head). Both indices are precomputed so
@@ -101,8 +112,12 @@ struct BackwardKernel {
     {
       const T* g_src = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
                        q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2];
-      for (int64_t d = 0; d < p.dims; ++d) {
-        g_row[d] = Load<Acc>(g_src + d * prm.grad_out_stride[2]);
+      if (prm.grad_out_stride[2] == 1) {
+        WidenRow<T, Acc>(g_src, p.dims, g_row);
+      } else {
+        for (int64_t d = 0; d < p.dims; ++d) {
+          g_row[d] = Load<Acc>(g_src + d * prm.grad_out_stride[2]);
+        }
       }
       for (int64_t l = 0; l < p.num_levels(); ++l) {
         const Level& level = p.levels[l];
@@ -115,7 +130,9 @@ struct BackwardKernel {
             Acc dot[4] = {0, 0, 0, 0};  // grad_output . corner row
             for (int c = 0; c < 4; ++c) {
               if (g.row[c] < 0) continue;
-              dot[c] = Dot<T, Acc>(g_row, value + g.row[c] * key_stride, dim_stride, p.dims);
+              const T* row = value + g.row[c] * key_stride;
+              dot[c] = dim_stride == 1 ? DotRow<T, Acc>(g_row, row, p.dims)
+                                       : Dot<T, Acc>(g_row, row, dim_stride, p.dims);
               if (cursors != nullptr) {
                 const int64_t block = g.row[c] >> bp().key_block_shift;
                 const int64_t row_in_block = g.row[c] - (block << bp().key_block_shift);
@@ -158,14 +175,15 @@ struct BackwardKernel {
     const int64_t row_end = std::min(p.keys, row_begin + rows);
     const int64_t heads = p.heads, dims = p.dims;
     Acc* accum = Accum() + row_begin * heads * dims;  // [rows][heads][dims]
-    if (first_pass) std::fill(accum, accum + (row_end - row_begin) * heads * dims, Acc(0));
+    // All-zero bits are 0.0 in IEEE floats; memset is the fastest way to clear the rows.
+    if (first_pass) std::memset(accum, 0, sizeof(Acc) * (row_end - row_begin) * heads * dims);
     const Entry<Acc>* entries = Entries();
     const Acc* grad_rows = GradRows();
     const int64_t* block_start = BlockStart();
     for (int64_t i = block_start[block]; i < block_start[block + 1]; ++i) {
       const Entry<Acc>& e = entries[i];
-      Axpy<Acc, Acc>(accum + int64_t{e.accum_row} * dims, e.coef,
-                     grad_rows + int64_t{e.slot} * dims, 1, dims);
+      AxpyRow<Acc>(accum + int64_t{e.accum_row} * dims, e.coef, grad_rows + int64_t{e.slot} * dims,
+                   dims);
     }
     if (!last_pass) return;
     T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0];
@@ -173,7 +191,11 @@ struct BackwardKernel {
       for (int64_t h = 0; h < heads; ++h) {
         T* dst = grad_value + r * prm.grad_value_stride[1] + h * prm.grad_value_stride[2];
         const Acc* src = accum + ((r - row_begin) * heads + h) * dims;
-        for (int64_t d = 0; d < dims; ++d) Store<Acc>(dst + d * prm.grad_value_stride[3], src[d]);
+        if (prm.grad_value_stride[3] == 1) {
+          NarrowRow<T, Acc>(src, dims, dst);
+        } else {
+          for (int64_t d = 0; d < dims; ++d) Store<Acc>(dst + d * prm.grad_value_stride[3], src[d]);
+        }
       }
     }
   }
@@ -237,9 +259,7 @@ struct BackwardKernel {
   }
 };
 
-}  // namespace
-
-void RunBackward(const msdaExecutor& e, void* workspace) {
+void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
   const GradientSet& grads = e.plan.backward.grads;
   if (!grads.value && !grads.locations && !grads.weights) return;
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
@@ -256,5 +276,22 @@ void RunBackward(const msdaExecutor& e, void* workspace) {
   });
 }
 
+}  // namespace HWY_NAMESPACE
 }  // namespace cpu
 }  // namespace msda
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace msda {
+namespace cpu {
+
+HWY_EXPORT(RunBackwardTarget);
+
+void RunBackward(const msdaExecutor& e, void* workspace) {
+  SelectTargetOnce();
+  HWY_DYNAMIC_DISPATCH(RunBackwardTarget)(e, workspace);
+}
+
+}  // namespace cpu
+}  // namespace msda
+#endif  // HWY_ONCE

@@ -1,0 +1,183 @@
+// Per-target SIMD row primitives shared by the forward and backward kernels. This file is
+// included once per instruction set by a file that includes hwy/foreach_target.h (Highway's
+// pattern), so everything here lives in the per-target namespace HWY_NAMESPACE.
+//
+// Rows are D contiguous elements (dims stride 1) of a storage type T: float, double, or the
+// half types, which are widened to fp32 in registers. Callers take the scalar path of
+// sampling.h for views whose dims stride is not 1.
+//
+// Sums over corners and over dims run in a fixed order that does not depend on the thread
+// count, so results are reproducible run to run. They can differ in the last bits between
+// instruction sets (vector width changes how a dot product is split into partial sums).
+
+// Per-target include guard: foreach_target toggles HWY_TARGET_TOGGLE between passes.
+#if defined(MSDA_SRC_CPU_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef MSDA_SRC_CPU_ROWS_INL_H_
+#undef MSDA_SRC_CPU_ROWS_INL_H_
+#else
+#define MSDA_SRC_CPU_ROWS_INL_H_
+#endif
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/numeric.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace msda {
+namespace cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Loads Lanes(d) elements of a row and widens them to the accumulation type.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadRow(D d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadRow(D d, const double* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadRow(D d, const Half* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::float16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadRow(D d, const BFloat16* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::bfloat16_t, D> db;
+  return hn::PromoteTo(d, hn::LoadU(db, reinterpret_cast<const hwy::bfloat16_t*>(p)));
+}
+
+// out[k] = sum over corners i of weights[i] * row_i[k], k < dims, row_i = base + offsets[i].
+//
+// The accumulators stay in registers across all corners (this is where a plain loop loses:
+// compilers keep a runtime-length accumulator in memory). Corners alternate between two
+// accumulator sets so that consecutive FMAs do not wait on each other; the sets are added at
+// the end, in the same order on every target and in the scalar tail.
+template <typename T, typename Acc>
+HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const int64_t* HWY_RESTRICT offsets,
+                           const Acc* HWY_RESTRICT weights, int64_t count, int64_t dims,
+                           Acc* HWY_RESTRICT out) {
+  const hn::ScalableTag<Acc> d;
+  const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+  int64_t k = 0;
+  for (; k + 4 * n <= dims; k += 4 * n) {
+    auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    auto b0 = hn::Zero(d), b1 = hn::Zero(d), b2 = hn::Zero(d), b3 = hn::Zero(d);
+    int64_t i = 0;
+    for (; i + 2 <= count; i += 2) {
+      const T* r = base + offsets[i] + k;
+      const T* s = base + offsets[i + 1] + k;
+      const auto w = hn::Set(d, weights[i]);
+      const auto v = hn::Set(d, weights[i + 1]);
+      a0 = hn::MulAdd(w, LoadRow(d, r), a0);
+      b0 = hn::MulAdd(v, LoadRow(d, s), b0);
+      a1 = hn::MulAdd(w, LoadRow(d, r + n), a1);
+      b1 = hn::MulAdd(v, LoadRow(d, s + n), b1);
+      a2 = hn::MulAdd(w, LoadRow(d, r + 2 * n), a2);
+      b2 = hn::MulAdd(v, LoadRow(d, s + 2 * n), b2);
+      a3 = hn::MulAdd(w, LoadRow(d, r + 3 * n), a3);
+      b3 = hn::MulAdd(v, LoadRow(d, s + 3 * n), b3);
+    }
+    if (i < count) {
+      const T* r = base + offsets[i] + k;
+      const auto w = hn::Set(d, weights[i]);
+      a0 = hn::MulAdd(w, LoadRow(d, r), a0);
+      a1 = hn::MulAdd(w, LoadRow(d, r + n), a1);
+      a2 = hn::MulAdd(w, LoadRow(d, r + 2 * n), a2);
+      a3 = hn::MulAdd(w, LoadRow(d, r + 3 * n), a3);
+    }
+    hn::StoreU(hn::Add(a0, b0), d, out + k);
+    hn::StoreU(hn::Add(a1, b1), d, out + k + n);
+    hn::StoreU(hn::Add(a2, b2), d, out + k + 2 * n);
+    hn::StoreU(hn::Add(a3, b3), d, out + k + 3 * n);
+  }
+  for (; k + n <= dims; k += n) {
+    auto a = hn::Zero(d), b = hn::Zero(d);
+    int64_t i = 0;
+    for (; i + 2 <= count; i += 2) {
+      a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + offsets[i] + k), a);
+      b = hn::MulAdd(hn::Set(d, weights[i + 1]), LoadRow(d, base + offsets[i + 1] + k), b);
+    }
+    if (i < count) a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + offsets[i] + k), a);
+    hn::StoreU(hn::Add(a, b), d, out + k);
+  }
+  for (; k < dims; ++k) {
+    Acc a = 0, b = 0;
+    int64_t i = 0;
+    for (; i + 2 <= count; i += 2) {
+      a += weights[i] * Load<Acc>(base + offsets[i] + k);
+      b += weights[i + 1] * Load<Acc>(base + offsets[i + 1] + k);
+    }
+    if (i < count) a += weights[i] * Load<Acc>(base + offsets[i] + k);
+    out[k] = a + b;
+  }
+}
+
+// sum over k < dims of g[k] * row[k], with two vector accumulators and a fixed reduction.
+template <typename T, typename Acc>
+HWY_INLINE Acc DotRow(const Acc* HWY_RESTRICT g, const T* HWY_RESTRICT row, int64_t dims) {
+  const hn::ScalableTag<Acc> d;
+  const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+  auto a = hn::Zero(d), b = hn::Zero(d);
+  int64_t k = 0;
+  for (; k + 2 * n <= dims; k += 2 * n) {
+    a = hn::MulAdd(hn::LoadU(d, g + k), LoadRow(d, row + k), a);
+    b = hn::MulAdd(hn::LoadU(d, g + k + n), LoadRow(d, row + k + n), b);
+  }
+  if (k + n <= dims) {
+    a = hn::MulAdd(hn::LoadU(d, g + k), LoadRow(d, row + k), a);
+    k += n;
+  }
+  Acc sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(a, b)));
+  for (; k < dims; ++k) sum += g[k] * Load<Acc>(row + k);
+  return sum;
+}
+
+// acc[k] += a * x[k] for k < dims, both contiguous in the accumulation type.
+template <typename Acc>
+HWY_INLINE void AxpyRow(Acc* HWY_RESTRICT acc, Acc a, const Acc* HWY_RESTRICT x, int64_t dims) {
+  const hn::ScalableTag<Acc> d;
+  const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+  const auto va = hn::Set(d, a);
+  int64_t k = 0;
+  for (; k + n <= dims; k += n) {
+    hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + k), hn::LoadU(d, acc + k)), d, acc + k);
+  }
+  for (; k < dims; ++k) acc[k] += a * x[k];
+}
+
+// row[k] = Load(src[k]) widened to the accumulation type, src contiguous.
+template <typename T, typename Acc>
+HWY_INLINE void WidenRow(const T* HWY_RESTRICT src, int64_t dims, Acc* HWY_RESTRICT row) {
+  const hn::ScalableTag<Acc> d;
+  const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+  int64_t k = 0;
+  for (; k + n <= dims; k += n) hn::StoreU(LoadRow(d, src + k), d, row + k);
+  for (; k < dims; ++k) row[k] = Load<Acc>(src + k);
+}
+
+// dst[k] = src[k] rounded to the storage type, dst contiguous. fp32 and fp64 rows are copied
+// as vectors; half types round to nearest even through the scalar conversions of numeric.h
+// (Highway's own bf16 demotion truncates).
+template <typename T, typename Acc>
+HWY_INLINE void NarrowRow(const Acc* HWY_RESTRICT src, int64_t dims, T* HWY_RESTRICT dst) {
+  if constexpr (std::is_same<T, Acc>::value) {
+    const hn::ScalableTag<Acc> d;
+    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+    int64_t k = 0;
+    for (; k + n <= dims; k += n) hn::StoreU(hn::LoadU(d, src + k), d, dst + k);
+    for (; k < dims; ++k) dst[k] = src[k];
+  } else {
+    for (int64_t k = 0; k < dims; ++k) Store<Acc>(dst + k, src[k]);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace cpu
+}  // namespace msda
+HWY_AFTER_NAMESPACE();
+
+#endif  // MSDA_SRC_CPU_ROWS_INL_H_
