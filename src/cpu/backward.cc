@@ -6,7 +6,11 @@
 // This file is compiled once per SIMD target (Highway's foreach_target); RunBackward at the
 // bottom dispatches to the best one.
 #undef HWY_TARGET_INCLUDE
+// clang-format off
 #define HWY_TARGET_INCLUDE "cpu/backward.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// clang-format on
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -15,7 +19,6 @@
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
 #include "cpu/simd.h"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "threads.h"
 

@@ -9,14 +9,17 @@
 // This file is compiled once per SIMD target (Highway's foreach_target); RunForward at the
 // bottom dispatches to the best one.
 #undef HWY_TARGET_INCLUDE
+// clang-format off
 #define HWY_TARGET_INCLUDE "cpu/forward.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// clang-format on
+
 #include <algorithm>
 
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
 #include "cpu/simd.h"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "threads.h"
 
