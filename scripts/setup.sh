@@ -12,6 +12,7 @@ command -v g++ > /dev/null || missing+=(g++)
 command -v cmake > /dev/null || missing+=(cmake)
 command -v ninja > /dev/null || missing+=(ninja-build)
 [ -f /usr/include/gtest/gtest.h ] || missing+=(libgtest-dev)
+[ -f /usr/include/hwy/highway.h ] || missing+=(libhwy-dev)  # Google Highway: SIMD dispatch.
 command -v python3 > /dev/null || missing+=(python3 python3-pip python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "msda setup: installing Debian packages: ${missing[*]}"
