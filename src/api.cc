@@ -1,5 +1,6 @@
 // The C entry points: validate -> plan -> executor at GetWorkspaceSize; check -> run at the
 // run call. Everything device-specific sits behind RunForward / RunBackward (src/cpu/).
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -30,6 +31,21 @@ std::unordered_set<const msdaExecutor*>& Registry() {
   return *registry;
 }
 
+// The caller's workspace may have any alignment (the header promises nothing), while the
+// kernels want 64-byte aligned scratch: callers are asked for kWorkspaceAlignment - 1 bytes
+// more than the plan needs, and the run starts at the first aligned byte.
+constexpr uint64_t kWorkspaceAlignment = 64;
+
+uint64_t CallerWorkspaceBytes(const Plan& plan) {
+  return plan.workspace_bytes == 0 ? 0 : plan.workspace_bytes + kWorkspaceAlignment - 1;
+}
+
+void* AlignWorkspace(void* workspace) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(workspace);
+  const uintptr_t aligned = (address + kWorkspaceAlignment - 1) & ~(kWorkspaceAlignment - 1);
+  return static_cast<char*>(workspace) + (aligned - address);
+}
+
 // Shared tail of both GetWorkspaceSize calls: the plan becomes an executor.
 msdaStatus MakeExecutor(const Problem& problem, const Params& params, const Plan& plan,
                         uint64_t* workspace_size, msdaExecutor** executor) {
@@ -39,7 +55,7 @@ msdaStatus MakeExecutor(const Problem& problem, const Params& params, const Plan
   e->params = params;
   e->plan = plan;
   RegisterExecutor(e);
-  *workspace_size = plan.workspace_bytes;
+  *workspace_size = CallerWorkspaceBytes(plan);
   *executor = e;
   return MSDA_SUCCESS;
 }
@@ -61,7 +77,7 @@ msdaStatus CheckRun(const void* workspace, uint64_t workspace_size, msdaExecutor
                       : "executor: was made by msdaForwardGetWorkspaceSize; run it with "
                         "msdaForward");
   }
-  const uint64_t needed = executor->plan.workspace_bytes;
+  const uint64_t needed = CallerWorkspaceBytes(executor->plan);
   if (workspace_size < needed) {
     return Refuse(MSDA_ERROR_WORKSPACE_TOO_SMALL,
                   "workspace: workspaceSize is " + std::to_string(workspace_size) +
@@ -82,7 +98,7 @@ msdaStatus RunAndRelease(void* workspace, uint64_t workspace_size, msdaExecutor*
   if (status == MSDA_ERROR_INVALID_EXECUTOR) return status;
   if (status == MSDA_SUCCESS) {
     try {
-      run(*executor, workspace);
+      run(*executor, AlignWorkspace(workspace));
     } catch (const std::bad_alloc&) {
       status = Refuse(MSDA_ERROR_OUT_OF_MEMORY, "executor: out of host memory while running");
     } catch (...) {

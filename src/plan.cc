@@ -39,8 +39,12 @@ class Layout {
 bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scratch) {
   Layout layout;
   const int64_t corners = p.num_levels() * p.points * 4;
-  scratch->corner_offsets = layout.Add(corners, sizeof(int64_t));
-  scratch->corner_weights = layout.Add(corners, acc_bytes);
+  // Padded by 64 lanes: SIMD compaction stores whole vectors past the last kept corner.
+  scratch->corner_offsets = layout.Add(corners + 64, sizeof(int64_t));
+  scratch->corner_weights = layout.Add(corners + 64, acc_bytes);
+  const int64_t padded = (p.num_levels() * p.points + 63) / 64 * 64 * 4;
+  scratch->corner_rows_by_corner = layout.Add(padded, sizeof(int32_t));
+  scratch->corner_weights_by_corner = layout.Add(padded, sizeof(float));
   scratch->row = layout.Add(p.dims, acc_bytes);
   scratch->grad_row = layout.Add(p.dims, acc_bytes);
   scratch->bytes = layout.size();

@@ -68,9 +68,14 @@ struct BackwardPlan {
 struct ScratchLayout {
   int64_t corner_offsets = 0;  // int64 [levels * points * 4]
   int64_t corner_weights = 0;  // acc [levels * points * 4]
-  int64_t row = 0;             // acc [dims]
-  int64_t grad_row = 0;        // acc [dims]
-  int64_t bytes = 0;           // Per thread, a multiple of 64.
+  // The SIMD geometry pass writes corners by corner index before they are compacted into the
+  // two lists above: int32 key rows (-1: outside the map) and fp32 weights, [4][points_padded],
+  // levels * points rounded up to a multiple of 64 lanes.
+  int64_t corner_rows_by_corner = 0;
+  int64_t corner_weights_by_corner = 0;
+  int64_t row = 0;       // acc [dims]
+  int64_t grad_row = 0;  // acc [dims]
+  int64_t bytes = 0;     // Per thread, a multiple of 64.
 };
 
 struct Plan {

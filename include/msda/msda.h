@@ -116,7 +116,8 @@ MSDA_API msdaStatus msdaForwardGetWorkspaceSize(
     uint64_t* workspaceSize, msdaExecutor** executor);
 
 /* Runs a forward executor. workspace must hold at least the size GetWorkspaceSize returned
- * (it may be NULL when that size is 0); its contents need not be initialised. Unless the
+ * (it may be NULL when that size is 0); its contents need not be initialised and it may have
+ * any alignment (the size includes room to align it internally). Unless the
  * executor was made repeatable, this call releases it, whatever the outcome, except when it
  * is refused with MSDA_ERROR_INVALID_EXECUTOR. */
 MSDA_API msdaStatus msdaForward(void* workspace, uint64_t workspaceSize, msdaExecutor* executor,

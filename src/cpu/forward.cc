@@ -15,6 +15,8 @@
 // clang-format on
 
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
@@ -28,12 +30,20 @@ namespace msda {
 namespace cpu {
 namespace HWY_NAMESPACE {
 
+// Per-point level constants for the SIMD geometry pass: point i = l * P + p of a (query,
+// head) lies on level l. Built once per call, read by every thread.
+struct PointLevels {
+  std::vector<float> width, height;                 // As floats, for the coordinates.
+  std::vector<int32_t> width_i, height_i, start_i;  // As integers, for the key rows.
+};
+
 template <typename T, typename L, typename Acc>
 struct ForwardKernel {
   const Problem& p;
   const Params& prm;
   const Plan& plan;
   char* workspace;
+  const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
 
   void RunTile(int64_t tile, int thread_index) const {
     const ForwardPlan& f = plan.forward;
@@ -49,6 +59,69 @@ struct ForwardKernel {
     }
   }
 
+  // Geometry of the L*P points of one (batch, query, head), vectorised over points: writes
+  // each point's four corner rows (-1 outside the map) and weights (times the attention
+  // weight) by corner, rows[c * stride + i]. Same arithmetic as Locate, lane by lane.
+  void CornersSimd(const float* HWY_RESTRICT loc, const T* HWY_RESTRICT attn,
+                   int32_t* HWY_RESTRICT rows, float* HWY_RESTRICT weights, int64_t stride) const {
+    const hn::ScalableTag<float> d;
+    const hn::RebindToSigned<decltype(d)> di;
+    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+    const int64_t count = p.num_levels() * p.points;
+    const auto half = hn::Set(d, 0.5f), one = hn::Set(d, 1.0f), minus_one = hn::Set(d, -1.0f);
+    const auto one_i = hn::Set(di, 1), minus_one_i = hn::Set(di, -1);
+    int64_t i = 0;
+    for (; i + n <= count; i += n) {
+      hn::Vec<decltype(d)> x, y;
+      hn::LoadInterleaved2(d, loc + 2 * i, x, y);
+      const auto width = hn::LoadU(d, levels->width.data() + i);
+      const auto height = hn::LoadU(d, levels->height.data() + i);
+      auto w_im = hn::Sub(hn::Mul(x, width), half);
+      auto h_im = hn::Sub(hn::Mul(y, height), half);
+      // The gate; NaN fails every comparison. Outside points get coordinates 0 so that the
+      // integer conversion below stays defined; their corners are masked off anyway.
+      const auto inside = hn::And(hn::And(hn::Gt(h_im, minus_one), hn::Gt(w_im, minus_one)),
+                                  hn::And(hn::Lt(h_im, height), hn::Lt(w_im, width)));
+      h_im = hn::IfThenElseZero(inside, h_im);
+      w_im = hn::IfThenElseZero(inside, w_im);
+      const auto h0f = hn::Floor(h_im), w0f = hn::Floor(w_im);
+      const auto lh = hn::Sub(h_im, h0f), lw = hn::Sub(w_im, w0f);
+      const auto hh = hn::Sub(one, lh), hw = hn::Sub(one, lw);
+      const auto a = LoadRow(d, attn + i);
+      const auto h0 = hn::ConvertTo(di, h0f), w0 = hn::ConvertTo(di, w0f);
+      const auto width_i = hn::LoadU(di, levels->width_i.data() + i);
+      const auto height_i = hn::LoadU(di, levels->height_i.data() + i);
+      const auto in_i = hn::RebindMask(di, inside);
+      const auto top = hn::And(in_i, hn::Gt(h0, minus_one_i));
+      const auto bottom = hn::And(in_i, hn::Lt(hn::Add(h0, one_i), height_i));
+      const auto left = hn::Gt(w0, minus_one_i);
+      const auto right = hn::Lt(hn::Add(w0, one_i), width_i);
+      const auto base =
+          hn::Add(hn::LoadU(di, levels->start_i.data() + i), hn::Add(hn::Mul(h0, width_i), w0));
+      const auto below = hn::Add(base, width_i);
+      hn::StoreU(hn::IfThenElse(hn::And(top, left), base, minus_one_i), di, rows + i);
+      hn::StoreU(hn::IfThenElse(hn::And(top, right), hn::Add(base, one_i), minus_one_i), di,
+                 rows + stride + i);
+      hn::StoreU(hn::IfThenElse(hn::And(bottom, left), below, minus_one_i), di,
+                 rows + 2 * stride + i);
+      hn::StoreU(hn::IfThenElse(hn::And(bottom, right), hn::Add(below, one_i), minus_one_i), di,
+                 rows + 3 * stride + i);
+      hn::StoreU(hn::Mul(hn::Mul(hh, hw), a), d, weights + i);
+      hn::StoreU(hn::Mul(hn::Mul(hh, lw), a), d, weights + stride + i);
+      hn::StoreU(hn::Mul(hn::Mul(lh, hw), a), d, weights + 2 * stride + i);
+      hn::StoreU(hn::Mul(hn::Mul(lh, lw), a), d, weights + 3 * stride + i);
+    }
+    for (; i < count; ++i) {  // The tail, one point at a time.
+      const int64_t l = i / p.points;
+      const PointGeometry<float> g = Locate<float>(p.levels[l], loc[2 * i], loc[2 * i + 1]);
+      const float a = Load<float>(attn + i);
+      for (int c = 0; c < 4; ++c) {
+        rows[c * stride + i] = static_cast<int32_t>(g.row[c]);
+        weights[c * stride + i] = g.weight[c] * a;
+      }
+    }
+  }
+
   // One (batch, query, head): out[batch, q, head * D + d] for every d.
   void RunQuery(int64_t batch, int64_t q, int64_t head, int thread_index) const {
     const ScratchLayout& s = plan.scratch;
@@ -61,18 +134,71 @@ struct ForwardKernel {
                      head * prm.value_stride[2];  // [keys, dims] of this (batch, head).
     const int64_t key_stride = prm.value_stride[1];
     const int64_t dim_stride = prm.value_stride[3];
-    const L* loc = static_cast<const L*>(prm.loc);
-    const T* attn = static_cast<const T*>(prm.attn);
+    const L* loc = static_cast<const L*>(prm.loc) + batch * prm.loc_stride[0] +
+                   q * prm.loc_stride[1] + head * prm.loc_stride[2];
+    const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_stride[0] +
+                    q * prm.attn_stride[1] + head * prm.attn_stride[2];
     T* out = static_cast<T*>(prm.out);
 
-    // Pass 1: geometry of every point; only in-map corners enter the list.
+    // Pass 1: geometry of every point; only in-map corners enter the list, in (level, point,
+    // corner) order.
     int64_t count = 0;
+    if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
+      if (levels != nullptr) {
+        const int64_t stride = (p.num_levels() * p.points + 63) / 64 * 64;
+        int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
+        float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
+        CornersSimd(loc, attn, rows, by_corner, stride);
+        // Compaction: keep the in-map corners, corner by corner, in point order.
+        int32_t* kept_rows = reinterpret_cast<int32_t*>(offsets);  // [L * P * 4 + lanes]
+        const hn::ScalableTag<float> d;
+        const hn::RebindToSigned<decltype(d)> di;
+        const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+        const int64_t num_points = p.num_levels() * p.points;
+        const auto zero_i = hn::Zero(di);
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+        // AVX-512 compresses natively; elsewhere Highway emulates it with tables, which costs
+        // more than the scalar loop below.
+        for (int c = 0; c < 4; ++c) {
+          for (int64_t i = 0; i < num_points; i += n) {
+            const auto r = hn::LoadU(di, rows + c * stride + i);
+            const auto w = hn::LoadU(d, by_corner + c * stride + i);
+            const auto keep = hn::And(hn::FirstN(di, static_cast<size_t>(num_points - i)),
+                                      hn::Not(hn::Lt(r, zero_i)));
+            hn::CompressStore(w, hn::RebindMask(d, keep), d, weights + count);
+            count += static_cast<int64_t>(hn::CompressStore(r, keep, di, kept_rows + count));
+          }
+        }
+#else
+        (void)n;
+        (void)zero_i;
+        for (int c = 0; c < 4; ++c) {
+          for (int64_t i = 0; i < num_points; ++i) {
+            // Branch-free: every slot is written, only in-map corners advance.
+            const int32_t r = rows[c * stride + i];
+            kept_rows[count] = r;
+            weights[count] = by_corner[c * stride + i];
+            count += r >= 0;
+          }
+        }
+#endif
+        if (dim_stride == 1) {
+          GatherRows<T, Acc>(value, kept_rows, key_stride, weights, count, p.dims, acc);
+        } else {
+          std::fill(acc, acc + p.dims, Acc(0));
+          for (int64_t i = 0; i < count; ++i) {
+            Axpy<T, Acc>(acc, weights[i], value + int64_t{kept_rows[i]} * key_stride, dim_stride,
+                         p.dims);
+          }
+        }
+        Write(out, batch, q, head, acc);
+        return;
+      }
+    }
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const Level& level = p.levels[l];
-      const L* loc_lp = loc + batch * prm.loc_stride[0] + q * prm.loc_stride[1] +
-                        head * prm.loc_stride[2] + l * prm.loc_stride[3];
-      const T* attn_lp = attn + batch * prm.attn_stride[0] + q * prm.attn_stride[1] +
-                         head * prm.attn_stride[2] + l * prm.attn_stride[3];
+      const L* loc_lp = loc + l * prm.loc_stride[3];
+      const T* attn_lp = attn + l * prm.attn_stride[3];
       for (int64_t pt = 0; pt < p.points; ++pt) {
         const Acc x = Load<Acc>(loc_lp + pt * prm.loc_stride[4]);
         const Acc y = Load<Acc>(loc_lp + pt * prm.loc_stride[4] + prm.loc_stride[5]);
@@ -87,28 +213,69 @@ struct ForwardKernel {
         }
       }
     }
-    // Pass 2: gather the corner rows.
+    Gather(value, dim_stride, offsets, weights, count, acc);
+    Write(out, batch, q, head, acc);
+  }
+
+  // Pass 2: gather the corner rows into acc [D].
+  void Gather(const T* value, int64_t dim_stride, const int64_t* offsets, const Acc* weights,
+              int64_t count, Acc* acc) const {
     if (dim_stride == 1) {
-      GatherRows<T, Acc>(value, offsets, weights, count, p.dims, acc);
+      GatherRows<T, Acc>(value, offsets, 1, weights, count, p.dims, acc);
     } else {
       std::fill(acc, acc + p.dims, Acc(0));
       for (int64_t i = 0; i < count; ++i) {
         Axpy<T, Acc>(acc, weights[i], value + offsets[i], dim_stride, p.dims);
       }
     }
+  }
+
+  void Write(T* out, int64_t batch, int64_t q, int64_t head, const Acc* acc) const {
     T* out_q =
         out + batch * prm.out_stride[0] + q * prm.out_stride[1] + head * p.dims * prm.out_stride[2];
-    for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(out_q + d * prm.out_stride[2], acc[d]);
+    if (prm.out_stride[2] == 1) {
+      NarrowRow<T, Acc>(acc, p.dims, out_q);
+    } else {
+      for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(out_q + d * prm.out_stride[2], acc[d]);
+    }
   }
 };
 
+// The SIMD geometry pass needs fp32 locations laid out (level, point, xy) contiguously within
+// a (batch, query, head), attention weights contiguous over (level, point), and key rows and
+// map sizes that fit int32 (and map sizes exact in fp32). Otherwise the scalar pass runs.
+bool SimdGeometryApplies(const Problem& p, const Params& prm, PointLevels* levels) {
+  if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
+  if (prm.loc_stride[5] != 1 || prm.loc_stride[4] != 2 || prm.loc_stride[3] != 2 * p.points) {
+    return false;
+  }
+  if (prm.attn_stride[4] != 1 || prm.attn_stride[3] != p.points) return false;
+  if (p.keys >= (int64_t{1} << 31) - 1) return false;
+  for (const Level& level : p.levels) {
+    if (level.height >= (1 << 24) || level.width >= (1 << 24)) return false;
+  }
+  for (const Level& level : p.levels) {
+    for (int64_t pt = 0; pt < p.points; ++pt) {
+      levels->width.push_back(static_cast<float>(level.width));
+      levels->height.push_back(static_cast<float>(level.height));
+      levels->width_i.push_back(static_cast<int32_t>(level.width));
+      levels->height_i.push_back(static_cast<int32_t>(level.height));
+      levels->start_i.push_back(static_cast<int32_t>(level.start));
+    }
+  }
+  return true;
+}
+
 void RunForwardTarget(const msdaExecutor& e, void* workspace) {
+  PointLevels levels;
+  const bool simd_geometry = SimdGeometryApplies(e.problem, e.params, &levels);
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
     using T = decltype(t);
     using L = decltype(l);
     using Acc = decltype(acc);
     const ForwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan,
-                                          static_cast<char*>(workspace)};
+                                          static_cast<char*>(workspace),
+                                          simd_geometry ? &levels : nullptr};
     ParallelFor(e.plan.num_threads, e.plan.forward.num_tiles,
                 [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
   });

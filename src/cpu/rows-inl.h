@@ -50,16 +50,17 @@ HWY_INLINE hn::Vec<D> LoadRow(D d, const BFloat16* HWY_RESTRICT p) {
   return hn::PromoteTo(d, hn::LoadU(db, reinterpret_cast<const hwy::bfloat16_t*>(p)));
 }
 
-// out[k] = sum over corners i of weights[i] * row_i[k], k < dims, row_i = base + offsets[i].
+// out[k] = sum over corners i of weights[i] * row_i[k], k < dims, row_i = base + offsets[i] *
+// scale (element offsets with scale 1, or key rows with scale = the keys stride).
 //
 // The accumulators stay in registers across all corners (this is where a plain loop loses:
 // compilers keep a runtime-length accumulator in memory). Corners alternate between two
 // accumulator sets so that consecutive FMAs do not wait on each other; the sets are added at
 // the end, in the same order on every target and in the scalar tail.
-template <typename T, typename Acc>
-HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const int64_t* HWY_RESTRICT offsets,
-                           const Acc* HWY_RESTRICT weights, int64_t count, int64_t dims,
-                           Acc* HWY_RESTRICT out) {
+template <typename T, typename Acc, typename Index>
+HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const Index* HWY_RESTRICT offsets,
+                           int64_t scale, const Acc* HWY_RESTRICT weights, int64_t count,
+                           int64_t dims, Acc* HWY_RESTRICT out) {
   const hn::ScalableTag<Acc> d;
   const int64_t n = static_cast<int64_t>(hn::Lanes(d));
   int64_t k = 0;
@@ -68,8 +69,8 @@ HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const int64_t* HWY_RESTRI
     auto b0 = hn::Zero(d), b1 = hn::Zero(d), b2 = hn::Zero(d), b3 = hn::Zero(d);
     int64_t i = 0;
     for (; i + 2 <= count; i += 2) {
-      const T* r = base + offsets[i] + k;
-      const T* s = base + offsets[i + 1] + k;
+      const T* r = base + int64_t{offsets[i]} * scale + k;
+      const T* s = base + int64_t{offsets[i + 1]} * scale + k;
       const auto w = hn::Set(d, weights[i]);
       const auto v = hn::Set(d, weights[i + 1]);
       a0 = hn::MulAdd(w, LoadRow(d, r), a0);
@@ -82,7 +83,7 @@ HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const int64_t* HWY_RESTRI
       b3 = hn::MulAdd(v, LoadRow(d, s + 3 * n), b3);
     }
     if (i < count) {
-      const T* r = base + offsets[i] + k;
+      const T* r = base + int64_t{offsets[i]} * scale + k;
       const auto w = hn::Set(d, weights[i]);
       a0 = hn::MulAdd(w, LoadRow(d, r), a0);
       a1 = hn::MulAdd(w, LoadRow(d, r + n), a1);
@@ -98,20 +99,22 @@ HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const int64_t* HWY_RESTRI
     auto a = hn::Zero(d), b = hn::Zero(d);
     int64_t i = 0;
     for (; i + 2 <= count; i += 2) {
-      a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + offsets[i] + k), a);
-      b = hn::MulAdd(hn::Set(d, weights[i + 1]), LoadRow(d, base + offsets[i + 1] + k), b);
+      a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + int64_t{offsets[i]} * scale + k), a);
+      b = hn::MulAdd(hn::Set(d, weights[i + 1]),
+                     LoadRow(d, base + int64_t{offsets[i + 1]} * scale + k), b);
     }
-    if (i < count) a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + offsets[i] + k), a);
+    if (i < count)
+      a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + int64_t{offsets[i]} * scale + k), a);
     hn::StoreU(hn::Add(a, b), d, out + k);
   }
   for (; k < dims; ++k) {
     Acc a = 0, b = 0;
     int64_t i = 0;
     for (; i + 2 <= count; i += 2) {
-      a += weights[i] * Load<Acc>(base + offsets[i] + k);
-      b += weights[i + 1] * Load<Acc>(base + offsets[i + 1] + k);
+      a += weights[i] * Load<Acc>(base + int64_t{offsets[i]} * scale + k);
+      b += weights[i + 1] * Load<Acc>(base + int64_t{offsets[i + 1]} * scale + k);
     }
-    if (i < count) a += weights[i] * Load<Acc>(base + offsets[i] + k);
+    if (i < count) a += weights[i] * Load<Acc>(base + int64_t{offsets[i]} * scale + k);
     out[k] = a + b;
   }
 }
