@@ -1,0 +1,260 @@
+"""PyTorch API: the custom ops ``msda::ms_deform_attn`` and ``msda::ms_deform_attn_backward``.
+
+Both are ``torch.library.custom_op``s with fake (meta) implementations, so they work under
+``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.library.opcheck``; the forward
+has an autograd formula that calls the backward op for just the gradients that are needed.
+
+Autocast (CPU): inside ``torch.autocast("cpu", dtype=...)`` value and attention_weights are
+cast to the autocast dtype and sampling_locations to float32 (the kernel samples with fp32
+coordinates and accumulates in fp32), so the output has the autocast dtype. float64 inputs
+are left as they are, as autocast does for built-in ops.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _C
+from ._common import ARGUMENT_NAMES, output_shape
+
+__all__ = ["ms_deform_attn", "ms_deform_attn_backward", "level_start_index"]
+
+
+def _check_cpu(name: str, t: Tensor) -> None:
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"{name}: must be a CPU tensor (msda's PyTorch op runs on the CPU only; "
+            f"spatial_shapes and level_start_index are read on the host), got device {t.device}"
+        )
+
+
+def _run_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    for name, t in zip(ARGUMENT_NAMES, tensors):
+        _check_cpu(name, t)
+    out = torch.empty(output_shape(value, sampling_locations), dtype=value.dtype)
+    # detach(): DLPack refuses tensors that require grad; no copy is made.
+    _C.forward(*(t.detach() for t in tensors), out, torch.get_num_threads())
+    return out
+
+
+@torch.library.custom_op("msda::ms_deform_attn", mutates_args=())
+def _ms_deform_attn_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    return _run_forward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+@_ms_deform_attn_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    return value.new_empty(output_shape(value, sampling_locations))
+
+
+def _empty(like: Tensor) -> Tensor:
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
+@torch.library.custom_op("msda::ms_deform_attn_backward", mutates_args=())
+def _ms_deform_attn_backward_op(
+    grad_output: Tensor,
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    need_value: bool,
+    need_locations: bool,
+    need_weights: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    for name, t in zip(ARGUMENT_NAMES + ("grad_output",), tensors + (grad_output,)):
+        _check_cpu(name, t)
+    output_shape(value, sampling_locations)
+    grad_value = _empty(value) if need_value else value.new_empty(0)
+    grad_locations = _empty(sampling_locations) if need_locations else sampling_locations.new_empty(0)
+    grad_weights = _empty(attention_weights) if need_weights else attention_weights.new_empty(0)
+    if need_value or need_locations or need_weights:
+        _C.backward(
+            *(t.detach() for t in tensors),
+            grad_output.detach(),
+            grad_value if need_value else None,
+            grad_locations if need_locations else None,
+            grad_weights if need_weights else None,
+            torch.get_num_threads(),
+        )
+    return grad_value, grad_locations, grad_weights
+
+
+@_ms_deform_attn_backward_op.register_fake
+def _(
+    grad_output,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    need_value,
+    need_locations,
+    need_weights,
+):
+    output_shape(value, sampling_locations)
+    return (
+        _empty(value) if need_value else value.new_empty(0),
+        _empty(sampling_locations) if need_locations else sampling_locations.new_empty(0),
+        _empty(attention_weights) if need_weights else attention_weights.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        ctx.saved_tensors
+    )
+    need_value, _, _, need_locations, need_weights = ctx.needs_input_grad
+    if not (need_value or need_locations or need_weights):
+        return None, None, None, None, None
+    if grad_output.dtype != value.dtype:
+        grad_output = grad_output.to(value.dtype)
+    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
+        grad_output,
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        need_value,
+        need_locations,
+        need_weights,
+    )
+    return (
+        grad_value if need_value else None,
+        None,
+        None,
+        grad_locations if need_locations else None,
+        grad_weights if need_weights else None,
+    )
+
+
+_ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Autocast on the CPU: value / attention_weights to the autocast dtype, locations to fp32.
+_autocast_lib = torch.library.Library("msda", "FRAGMENT")
+
+
+def _autocast_cpu(
+    _keyset, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+):
+    def eligible(t):
+        return t.is_floating_point() and t.device.type == "cpu" and t.dtype != torch.float64
+
+    if eligible(value):
+        dtype = torch.get_autocast_dtype("cpu")
+        value = value.to(dtype)
+        if eligible(attention_weights):
+            attention_weights = attention_weights.to(dtype)
+        if eligible(sampling_locations):
+            sampling_locations = sampling_locations.to(torch.float32)
+    with torch._C._ExcludeDispatchKeyGuard(
+        torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+    ):
+        return torch.ops.msda.ms_deform_attn.default(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+
+
+_autocast_lib.impl("ms_deform_attn", _autocast_cpu, "AutocastCPU", with_keyset=True)
+
+
+def _level_start_index(spatial_shapes: Tensor) -> Tensor:
+    """Prefix sums of H_l * W_l starting at 0, from spatial_shapes [L, 2] (same dtype)."""
+    areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+    return torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+
+
+level_start_index = _level_start_index
+
+
+def _index_tensor(name: str, x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (list, tuple)):
+        return torch.tensor(x, dtype=torch.int64)
+    raise TypeError(f"{name}: expected a torch.Tensor (or a list of ints), got {type(x).__name__}")
+
+
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device.type not in ("cpu", "meta"):
+        _check_cpu(name, t)
+
+
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Union[Tensor, Sequence[Sequence[int]]],
+    level_start_index: Optional[Tensor],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """MultiScale Deformable Attention forward (differentiable): output [B, Q, H * D].
+
+    Args:
+        value: [B, K, H, D], float32 / float16 / bfloat16 / float64, K = sum of H_l * W_l.
+        spatial_shapes: [L, 2] int32 / int64 CPU tensor (or list) of rows (H_l, W_l).
+        level_start_index: [L] int32 / int64 CPU tensor, prefix sums of H_l * W_l from 0;
+            None computes it from spatial_shapes.
+        sampling_locations: [B, Q, H, L, P, 2] in [0, 1], last dim (x, y); value's dtype or
+            float32.
+        attention_weights: [B, Q, H, L, P] in value's dtype, used as given (no softmax).
+
+    Any strides are accepted. Sampling is bilinear with zero padding, align_corners=False
+    (as ``F.grid_sample`` with ``grid = 2 * loc - 1``). Runs on torch.get_num_threads()
+    threads. Wrong shapes, dtypes or devices raise ValueError / TypeError naming the argument.
+    """
+    spatial_shapes = _index_tensor("spatial_shapes", spatial_shapes)
+    if level_start_index is None:
+        level_start_index = _level_start_index(spatial_shapes)
+    else:
+        level_start_index = _index_tensor("level_start_index", level_start_index)
+    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    for name, t in zip(ARGUMENT_NAMES, tensors):
+        _check_tensor(name, t)
+    return _ms_deform_attn_op(*tensors)
+
+
+
+def ms_deform_attn_backward(
+    grad_output: Tensor,
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    need_value: bool = True,
+    need_locations: bool = True,
+    need_weights: bool = True,
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The backward op called directly: (grad_value, grad_sampling_locations,
+    grad_attention_weights), None for a gradient not asked for (it is not computed)."""
+    grads = _ms_deform_attn_backward_op(
+        grad_output,
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        bool(need_value),
+        bool(need_locations),
+        bool(need_weights),
+    )
+    return tuple(g if need else None for g, need in zip(grads, (need_value, need_locations, need_weights)))

@@ -1,0 +1,242 @@
+// msda._C: a thin nanobind binding of the msda C API.
+//
+// Arrays cross as nb::ndarray (DLPack or the buffer protocol), so NumPy arrays and PyTorch
+// tensors are read and written in place, with their strides; nothing here depends on libtorch.
+// The Python side allocates every output and passes it in. Statuses become Python exceptions
+// whose text is msdaGetLastErrorMessage() (it starts with the argument's name).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "msda/msda.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+// Inputs may be read-only (e.g. a NumPy array with writeable=False); outputs must not be.
+using InArray = nb::ndarray<nb::ro>;
+using OutArray = nb::ndarray<>;
+
+struct TensorDeleter {
+  void operator()(msdaTensor* t) const { msdaDestroyTensor(t); }
+};
+using TensorPtr = std::unique_ptr<msdaTensor, TensorDeleter>;
+
+struct ExecutorDeleter {
+  void operator()(msdaExecutor* e) const { msdaDestroyExecutor(e); }
+};
+
+struct WorkspaceDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using Workspace = std::unique_ptr<void, WorkspaceDeleter>;
+
+[[noreturn]] void RaiseStatus(msdaStatus status, const std::string& message) {
+  const std::string text = message + " [" + msdaStatusString(status) + "]";
+  switch (status) {
+    case MSDA_ERROR_INVALID_DTYPE:
+      throw nb::type_error(text.c_str());
+    case MSDA_ERROR_NULL_POINTER:
+    case MSDA_ERROR_INVALID_RANK:
+    case MSDA_ERROR_SHAPE_MISMATCH:
+    case MSDA_ERROR_INVALID_DEVICE:
+    case MSDA_ERROR_INVALID_LAYOUT:
+    case MSDA_ERROR_INVALID_VALUE:
+    case MSDA_ERROR_LIMIT_EXCEEDED:
+      throw nb::value_error(text.c_str());
+    case MSDA_ERROR_OUT_OF_MEMORY:
+      throw std::bad_alloc();  // nanobind turns it into MemoryError.
+    default:
+      throw std::runtime_error(text);  // RuntimeError: workspace, executor, internal.
+  }
+}
+
+// DLPack dtype -> msda dtype; raises TypeError naming the argument for anything else.
+msdaDataType MapDtype(const char* name, nb::dlpack::dtype dt) {
+  using code = nb::dlpack::dtype_code;
+  if (dt.lanes == 1) {
+    const auto c = static_cast<code>(dt.code);
+    if (c == code::Float && dt.bits == 32) return MSDA_FLOAT32;
+    if (c == code::Float && dt.bits == 16) return MSDA_FLOAT16;
+    if (c == code::Float && dt.bits == 64) return MSDA_FLOAT64;
+    if (c == code::Bfloat && dt.bits == 16) return MSDA_BFLOAT16;
+    if (c == code::Int && dt.bits == 32) return MSDA_INT32;
+    if (c == code::Int && dt.bits == 64) return MSDA_INT64;
+  }
+  static const char* const kCodes[] = {"int",    "uint",    "float", "opaque",
+                                       "bfloat", "complex", "bool"};
+  const std::string code_name = dt.code < sizeof(kCodes) / sizeof(kCodes[0])
+                                    ? kCodes[dt.code]
+                                    : "code" + std::to_string(dt.code);
+  throw nb::type_error((std::string(name) + ": dtype " + code_name + std::to_string(dt.bits) +
+                        (dt.lanes != 1 ? "x" + std::to_string(dt.lanes) : std::string()) +
+                        " is not supported (msda takes float32, float16, bfloat16, float64 "
+                        "and, for spatial_shapes / level_start_index, int32 or int64)")
+                           .c_str());
+}
+
+// A msdaTensor view of an ndarray (shape and strides are in elements in both). Refusals by
+// msdaCreateTensor name "tensor"; they are re-raised with the argument's name instead.
+template <typename Array>
+TensorPtr MakeTensor(const char* name, const Array& a) {
+  if (a.device_type() != nb::device::cpu::value) {
+    throw nb::value_error((std::string(name) +
+                           ": must be a CPU array/tensor (msda's Python package has only the "
+                           "CPU backend), got DLPack device type " +
+                           std::to_string(a.device_type()))
+                              .c_str());
+  }
+  const msdaDataType dtype = MapDtype(name, a.dtype());
+  const uint64_t ndim = a.ndim();
+  // The data pointer already includes DLPack's byte_offset; the msda offset stays 0.
+  msdaTensor* t = msdaCreateTensor(a.shape_ptr(), ndim, dtype, a.stride_ptr(), 0, MSDA_DEVICE_CPU,
+                                   0, const_cast<void*>(static_cast<const void*>(a.data())));
+  if (t == nullptr) {
+    std::string message = msdaGetLastErrorMessage();
+    const std::string prefix = "tensor: ";
+    if (message.compare(0, prefix.size(), prefix) == 0) message = message.substr(prefix.size());
+    if (message.find("out of host memory") != std::string::npos) throw std::bad_alloc();
+    const msdaStatus status = ndim > 8 ? MSDA_ERROR_INVALID_RANK : MSDA_ERROR_INVALID_LAYOUT;
+    RaiseStatus(status, std::string(name) + ": " + message);
+  }
+  return TensorPtr(t);
+}
+
+Workspace AllocateWorkspace(uint64_t bytes) {
+  if (bytes == 0) return Workspace(nullptr);
+  // 64-byte aligned (the plan aligns every region to 64 bytes from the base).
+  const uint64_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, static_cast<size_t>(rounded));
+  if (p == nullptr) throw std::bad_alloc();
+  return Workspace(p);
+}
+
+void SetThreads(int num_threads) {
+  const msdaStatus s = msdaSetNumThreads(num_threads);
+  if (s != MSDA_SUCCESS)
+    RaiseStatus(
+        s, "num_threads: must be >= 0 (0 = msda's default), got " + std::to_string(num_threads));
+}
+
+void Forward(const InArray& value, const InArray& spatial_shapes, const InArray& level_start_index,
+             const InArray& sampling_locations, const InArray& attention_weights,
+             const OutArray& output, int num_threads) {
+  const TensorPtr v = MakeTensor("value", value);
+  const TensorPtr ss = MakeTensor("spatial_shapes", spatial_shapes);
+  const TensorPtr lsi = MakeTensor("level_start_index", level_start_index);
+  const TensorPtr loc = MakeTensor("sampling_locations", sampling_locations);
+  const TensorPtr attn = MakeTensor("attention_weights", attention_weights);
+  const TensorPtr out = MakeTensor("output", output);
+  SetThreads(num_threads);
+
+  msdaStatus status;
+  std::string error;
+  {
+    nb::gil_scoped_release release;
+    uint64_t bytes = 0;
+    msdaExecutor* raw = nullptr;
+    status = msdaForwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
+                                         out.get(), &bytes, &raw);
+    if (status == MSDA_SUCCESS) {
+      std::unique_ptr<msdaExecutor, ExecutorDeleter> executor(raw);
+      Workspace workspace;
+      try {
+        workspace = AllocateWorkspace(bytes);
+      } catch (const std::bad_alloc&) {
+        status = MSDA_ERROR_OUT_OF_MEMORY;
+        error = "workspace: could not allocate " + std::to_string(bytes) + " bytes";
+      }
+      if (status == MSDA_SUCCESS) {
+        // The run call releases the executor (it is not repeatable), whatever the outcome.
+        status = msdaForward(workspace.get(), bytes, executor.release(), nullptr);
+      }
+    }
+    if (status != MSDA_SUCCESS && error.empty()) error = msdaGetLastErrorMessage();
+  }
+  if (status != MSDA_SUCCESS) RaiseStatus(status, error);
+}
+
+void Backward(const InArray& value, const InArray& spatial_shapes, const InArray& level_start_index,
+              const InArray& sampling_locations, const InArray& attention_weights,
+              const InArray& grad_output, const OutArray& grad_value,
+              const OutArray& grad_sampling_locations, const OutArray& grad_attention_weights,
+              int num_threads) {
+  const TensorPtr v = MakeTensor("value", value);
+  const TensorPtr ss = MakeTensor("spatial_shapes", spatial_shapes);
+  const TensorPtr lsi = MakeTensor("level_start_index", level_start_index);
+  const TensorPtr loc = MakeTensor("sampling_locations", sampling_locations);
+  const TensorPtr attn = MakeTensor("attention_weights", attention_weights);
+  const TensorPtr g = MakeTensor("grad_output", grad_output);
+  // None (an invalid ndarray) skips that gradient.
+  const TensorPtr gv = grad_value.is_valid() ? MakeTensor("grad_value", grad_value) : nullptr;
+  const TensorPtr gl = grad_sampling_locations.is_valid()
+                           ? MakeTensor("grad_sampling_locations", grad_sampling_locations)
+                           : nullptr;
+  const TensorPtr ga = grad_attention_weights.is_valid()
+                           ? MakeTensor("grad_attention_weights", grad_attention_weights)
+                           : nullptr;
+  SetThreads(num_threads);
+
+  msdaStatus status;
+  std::string error;
+  {
+    nb::gil_scoped_release release;
+    uint64_t bytes = 0;
+    msdaExecutor* raw = nullptr;
+    status = msdaBackwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
+                                          g.get(), gv.get(), gl.get(), ga.get(), &bytes, &raw);
+    if (status == MSDA_SUCCESS) {
+      std::unique_ptr<msdaExecutor, ExecutorDeleter> executor(raw);
+      Workspace workspace;
+      try {
+        workspace = AllocateWorkspace(bytes);
+      } catch (const std::bad_alloc&) {
+        status = MSDA_ERROR_OUT_OF_MEMORY;
+        error = "workspace: could not allocate " + std::to_string(bytes) + " bytes";
+      }
+      if (status == MSDA_SUCCESS) {
+        status = msdaBackward(workspace.get(), bytes, executor.release(), nullptr);
+      }
+    }
+    if (status != MSDA_SUCCESS && error.empty()) error = msdaGetLastErrorMessage();
+  }
+  if (status != MSDA_SUCCESS) RaiseStatus(status, error);
+}
+
+}  // namespace
+
+NB_MODULE(_C, m) {
+  m.doc() = "Thin binding of the msda C API (MultiScale Deformable Attention, CPU).";
+
+  m.def("forward", &Forward, "value"_a.noconvert(), "spatial_shapes"_a.noconvert(),
+        "level_start_index"_a.noconvert(), "sampling_locations"_a.noconvert(),
+        "attention_weights"_a.noconvert(), "output"_a.noconvert(), "num_threads"_a = 0,
+        "Writes the forward result into `output` ([B, Q, H*D], value's dtype). num_threads = 0 "
+        "uses msda's default (MSDA_NUM_THREADS, else every hardware thread).");
+
+  m.def("backward", &Backward, "value"_a.noconvert(), "spatial_shapes"_a.noconvert(),
+        "level_start_index"_a.noconvert(), "sampling_locations"_a.noconvert(),
+        "attention_weights"_a.noconvert(), "grad_output"_a.noconvert(),
+        "grad_value"_a.noconvert().none(), "grad_sampling_locations"_a.noconvert().none(),
+        "grad_attention_weights"_a.noconvert().none(), "num_threads"_a = 0,
+        "Writes the requested gradients (None skips one) in place; they are overwritten, not "
+        "accumulated.");
+
+  m.def("version", &msdaGetVersion,
+        "The msda library version, encoded as major*10000 + minor*100 + patch.");
+  m.def(
+      "default_num_threads",
+      [] {
+        msdaSetNumThreads(0);
+        return msdaGetNumThreads();
+      },
+      "The thread count msda uses when num_threads is 0.");
+}
