@@ -59,9 +59,9 @@ TEST(LargeIndex, KeyRowsPastTwoToThe31) {
   msdaTensor* t_out = Tensor({1, 1, 1}, MSDA_FLOAT32, out.data());
   uint64_t size = 0;
   msdaExecutor* e = nullptr;
-  ASSERT_EQ(msdaForwardGetWorkspaceSize(t_value, t_shapes, t_starts, t_loc, t_attn, t_out, &size,
-                                        &e),
-            MSDA_SUCCESS)
+  ASSERT_EQ(
+      msdaForwardGetWorkspaceSize(t_value, t_shapes, t_starts, t_loc, t_attn, t_out, &size, &e),
+      MSDA_SUCCESS)
       << msdaGetLastErrorMessage();
   std::vector<unsigned char> workspace(size, 0xFF);
   ASSERT_EQ(msdaForward(workspace.data(), size, e, nullptr), MSDA_SUCCESS);
@@ -90,7 +90,8 @@ TEST(LargeIndex, ElementOffsetsPastTwoToThe31) {
   if (value.data == nullptr) GTEST_SKIP() << "mmap of " << bytes << " bytes refused";
   // value[0, k, 0, d] = 10 k + d, a 2x2 map.
   for (int64_t k = 0; k < keys; ++k) {
-    for (int64_t d = 0; d < dims; ++d) value.f()[k * key_stride + d] = static_cast<float>(10 * k + d);
+    for (int64_t d = 0; d < dims; ++d)
+      value.f()[k * key_stride + d] = static_cast<float>(10 * k + d);
   }
   const int64_t value_strides[4] = {keys * key_stride, key_stride, dims, 1};
   std::vector<int64_t> shapes = {2, 2}, starts = {0};
@@ -105,9 +106,9 @@ TEST(LargeIndex, ElementOffsetsPastTwoToThe31) {
   msdaTensor* t_out = Tensor({1, 2, dims}, MSDA_FLOAT32, out.data());
   uint64_t size = 0;
   msdaExecutor* e = nullptr;
-  ASSERT_EQ(msdaForwardGetWorkspaceSize(t_value, t_shapes, t_starts, t_loc, t_attn, t_out, &size,
-                                        &e),
-            MSDA_SUCCESS)
+  ASSERT_EQ(
+      msdaForwardGetWorkspaceSize(t_value, t_shapes, t_starts, t_loc, t_attn, t_out, &size, &e),
+      MSDA_SUCCESS)
       << msdaGetLastErrorMessage();
   std::vector<unsigned char> workspace(size, 0xFF);
   ASSERT_EQ(msdaForward(workspace.data(), size, e, nullptr), MSDA_SUCCESS);
@@ -139,8 +140,8 @@ TEST(LargeIndex, ElementOffsetsPastTwoToThe31) {
   EXPECT_FLOAT_EQ(grad_attn[0], 15.0f + 16.0f + 17.0f);  // sum_d g * sample
   EXPECT_FLOAT_EQ(grad_attn[1], 10.0f + 11.0f + 12.0f);
 
-  for (msdaTensor* t : {t_value, t_shapes, t_starts, t_loc, t_attn, t_out, t_grad_out,
-                        t_grad_value, t_grad_attn}) {
+  for (msdaTensor* t :
+       {t_value, t_shapes, t_starts, t_loc, t_attn, t_out, t_grad_out, t_grad_value, t_grad_attn}) {
     msdaDestroyTensor(t);
   }
 }
