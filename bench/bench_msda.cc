@@ -200,6 +200,8 @@ struct Timing {
   uint64_t forward_ws, backward_ws;
 };
 
+std::string g_simd_target = "?";  // From the first plan's description.
+
 Timing TimeCase(Case& c, int threads, int repeats) {
   const Shape& s = c.shape;
   const int64_t L = static_cast<int64_t>(s.levels.size());
@@ -226,6 +228,12 @@ Timing TimeCase(Case& c, int threads, int repeats) {
   CHECK_MSDA(msdaForwardGetWorkspaceSize(value, spatial, starts, loc, attn, out, &timing.forward_ws,
                                          &fwd));
   CHECK_MSDA(msdaSetExecutorRepeatable(fwd));
+  {
+    char text[2048];
+    msdaExecutorDescribe(fwd, text, sizeof(text));
+    const char* at = std::strstr(text, "simd target: ");
+    if (at != nullptr) g_simd_target = std::string(at + 13, std::strcspn(at + 13, " \n"));
+  }
   std::vector<char> fwd_ws(timing.forward_ws + 1);
   timing.forward_s = Median(
       repeats, [&] { CHECK_MSDA(msdaForward(fwd_ws.data(), timing.forward_ws, fwd, nullptr)); });
@@ -262,6 +270,7 @@ int main(int argc, char** argv) {
   int all_threads = static_cast<int>(std::thread::hardware_concurrency());
   std::string only, markdown;
   bool uniform_locations = false;
+  bool vs_scalar = false, child_times = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -275,14 +284,35 @@ int main(int argc, char** argv) {
       markdown = next();
     else if (arg == "--uniform")
       uniform_locations = true;
+    else if (arg == "--vs-scalar")
+      vs_scalar = true;
+    else if (arg == "--child-times")
+      child_times = true;
     else {
       std::printf(
-          "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n",
+          "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n"
+          "          [--vs-scalar]\n",
           argv[0]);
       return arg == "--help" ? 0 : 2;
     }
   }
 
+  std::vector<Shape> shapes = StandardShapes();
+  for (const Shape& shape : DiagnosticShapes()) {
+    if (only.find("," + shape.name + ",") != std::string::npos) shapes.push_back(shape);
+  }
+  if (child_times) {
+    // Internal: timings only, for a parent run comparing against the scalar target.
+    for (const Shape& shape : shapes) {
+      if (!only.empty() && only.find("," + shape.name + ",") == std::string::npos) continue;
+      Case c = MakeCase(shape, uniform_locations);
+      const Timing one = TimeCase(c, 1, repeats);
+      const Timing all = TimeCase(c, all_threads, repeats);
+      std::printf("%s %.9f %.9f %.9f %.9f\n", shape.name.c_str(), one.forward_s, one.backward_s,
+                  all.forward_s, all.backward_s);
+    }
+    return 0;
+  }
   std::printf("msda %d, measuring the machine with %d threads...\n", msdaGetVersion(), all_threads);
   const double bw1 = MeasureBandwidth(1), bwn = MeasureBandwidth(all_threads);
   const double fma1 = MeasureFmaPeak(1), fman = MeasureFmaPeak(all_threads);
@@ -293,16 +323,30 @@ int main(int argc, char** argv) {
 
   std::string table =
       "| shape | pass | threads | median ms | GB/s | GFLOP/s | roofline ms | x roofline | "
-      "speedup vs 1 thread | workspace MiB |\n|---|---|---|---|---|---|---|---|---|---|\n";
-  std::vector<Shape> shapes = StandardShapes();
-  for (const Shape& shape : DiagnosticShapes()) {
-    if (only.find("," + shape.name + ",") != std::string::npos) shapes.push_back(shape);
-  }
+      "speedup vs 1 thread | workspace MiB | scalar ms | SIMD speedup |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Shape& shape : shapes) {
     if (!only.empty() && only.find("," + shape.name + ",") == std::string::npos) continue;
     Case c = MakeCase(shape, uniform_locations);
     const Timing one = TimeCase(c, 1, repeats);
     const Timing all = TimeCase(c, all_threads, repeats);
+    // The same shape on the scalar target, in a child process (the target is chosen once per
+    // process), right after the SIMD timings.
+    double scalar[4] = {0, 0, 0, 0};  // 1-thread fwd, bwd; all-thread fwd, bwd.
+    if (vs_scalar) {
+      const std::string command = "MSDA_SIMD_TARGET=SCALAR '" + std::string(argv[0]) +
+                                  "' --child-times --shapes " + shape.name + " --threads " +
+                                  std::to_string(all_threads) + " --repeats " +
+                                  std::to_string(repeats) + (uniform_locations ? " --uniform" : "");
+      if (FILE* child = popen(command.c_str(), "r")) {
+        char name[64];
+        if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &scalar[0], &scalar[1], &scalar[2],
+                        &scalar[3]) != 5) {
+          std::fill(scalar, scalar + 4, 0.0);
+        }
+        pclose(child);
+      }
+    }
     for (int pass = 0; pass < 2; ++pass) {
       const double bytes = pass == 0 ? ForwardBytes(c) : BackwardBytes(c);
       const double flops = pass == 0 ? ForwardFlops(c) : BackwardFlops(c);
@@ -314,25 +358,31 @@ int main(int argc, char** argv) {
         const double roofline = std::max(bytes / bw, flops / fma);
         const double speedup = (pass == 0 ? one.forward_s : one.backward_s) / seconds;
         const uint64_t ws = pass == 0 ? t.forward_ws : t.backward_ws;
-        char row[512];
+        const double scalar_s = scalar[2 * k + pass];
+        char scalar_cells[64] = "| - | - |";
+        if (scalar_s > 0) {
+          std::snprintf(scalar_cells, sizeof(scalar_cells), "| %.2f | %.2f |", scalar_s * 1e3,
+                        scalar_s / seconds);
+        }
+        char row[640];
         std::snprintf(row, sizeof(row),
-                      "| %s | %s | %d | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f |\n",
+                      "| %s | %s | %d | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f %s\n",
                       shape.name.c_str(), pass == 0 ? "forward" : "backward", threads,
                       seconds * 1e3, bytes / seconds / 1e9, flops / seconds / 1e9, roofline * 1e3,
-                      seconds / roofline, speedup, ws / 1048576.0);
+                      seconds / roofline, speedup, ws / 1048576.0, scalar_cells);
         table += row;
       }
     }
   }
-  std::printf("%s", table.c_str());
+  std::printf("SIMD target: %s\n%s", g_simd_target.c_str(), table.c_str());
   if (!markdown.empty()) {
     FILE* f = std::fopen(markdown.c_str(), "w");
     if (f == nullptr) return 1;
     std::fprintf(f,
-                 "Memory bandwidth (triad): 1 thread %.1f GB/s, %d threads %.1f GB/s. "
-                 "fp32 FMA peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s.\n\n%s",
-                 bw1 / 1e9, all_threads, bwn / 1e9, fma1 / 1e9, all_threads, fman / 1e9,
-                 table.c_str());
+                 "SIMD target %s. Memory bandwidth (triad): 1 thread %.1f GB/s, %d threads %.1f "
+                 "GB/s. fp32 FMA peak: 1 thread %.1f GFLOP/s, %d threads %.1f GFLOP/s.\n\n%s",
+                 g_simd_target.c_str(), bw1 / 1e9, all_threads, bwn / 1e9, fma1 / 1e9, all_threads,
+                 fman / 1e9, table.c_str());
     std::fclose(f);
   }
   return 0;
