@@ -354,7 +354,11 @@ int64_t msdaExecutorDescribe(const msdaExecutor* executor, char* buffer, uint64_
 const char* msdaGetLastErrorMessage(void) { return msda::LastErrorMessage(); }
 
 const char* msdaStatusString(msdaStatus status) {
-  switch (status) {
+  // Any integer may arrive from C; switch on it as an integer (see msdaCreateTensor).
+  int32_t raw;
+  static_assert(sizeof(status) == sizeof(raw), "C enums are int-sized");
+  std::memcpy(&raw, &status, sizeof raw);
+  switch (raw) {
     case MSDA_SUCCESS:
       return "MSDA_SUCCESS";
     case MSDA_ERROR_NULL_POINTER:

@@ -14,8 +14,17 @@ if(BUILD_CONFIG)
   set(config_args --config ${BUILD_CONFIG})
 endif()
 run(${CMAKE_COMMAND} --install ${MSDA_BINARY_DIR} --prefix ${prefix} ${config_args})
+# Same compiler as the library; a sanitized library needs a sanitized link.
+set(extra)
+if(CONSUMER_C_COMPILER)
+  list(APPEND extra -DCMAKE_C_COMPILER=${CONSUMER_C_COMPILER})
+endif()
+if(CONSUMER_SANITIZE)
+  list(APPEND extra "-DCMAKE_C_FLAGS=-fsanitize=${CONSUMER_SANITIZE}"
+       "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=${CONSUMER_SANITIZE} -fsanitize-link-c++-runtime -lstdc++")
+endif()
 run(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/build
-    -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
+    -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release ${extra})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build ${config_args})
 find_program(consumer consumer PATHS ${WORK_DIR}/build ${WORK_DIR}/build/${BUILD_CONFIG}
              NO_DEFAULT_PATH REQUIRED)
