@@ -44,14 +44,18 @@ class Pool {
  public:
   static Pool& Get() {
     // Leaked on purpose: worker threads must not be joined during static destruction.
-    static Pool* pool = [] {
+    // The first call publishes the pool under the thread-safe static initialisation; every
+    // call reads it through the atomic, which a fork may replace.
+    static const bool initialised = [] {
       // A forked child (a PyTorch DataLoader worker, say) has none of the parent's worker
       // threads and may inherit a locked mutex: give it a fresh pool. The old one leaks.
-      pthread_atfork(nullptr, nullptr, [] { current = new Pool(); });
-      return new Pool();
+      pthread_atfork(nullptr, nullptr,
+                     [] { current.store(new Pool(), std::memory_order_release); });
+      current.store(new Pool(), std::memory_order_release);
+      return true;
     }();
-    if (current == nullptr) current = pool;
-    return *current;
+    (void)initialised;
+    return *current.load(std::memory_order_acquire);
   }
 
   void Run(int num_threads, int64_t num_tasks, const std::function<void(int64_t, int)>& fn) {
@@ -95,7 +99,7 @@ class Pool {
     }
   }
 
-  static inline Pool* current = nullptr;
+  static inline std::atomic<Pool*> current{nullptr};
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
