@@ -45,6 +45,7 @@ bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scrat
   const int64_t padded = (p.num_levels() * p.points + 63) / 64 * 64 * 4;
   scratch->corner_rows_by_corner = layout.Add(padded, sizeof(int32_t));
   scratch->corner_weights_by_corner = layout.Add(padded, sizeof(float));
+  scratch->point_fractions = layout.Add(padded / 2, sizeof(float));
   scratch->row = layout.Add(p.dims, acc_bytes);
   scratch->grad_row = layout.Add(p.dims, acc_bytes);
   scratch->bytes = layout.size();

@@ -73,6 +73,7 @@ struct ScratchLayout {
   // levels * points rounded up to a multiple of 64 lanes.
   int64_t corner_rows_by_corner = 0;
   int64_t corner_weights_by_corner = 0;
+  int64_t point_fractions = 0;  // fp32 [2][points_padded]: lh then lw of every point.
   int64_t row = 0;       // acc [dims]
   int64_t grad_row = 0;  // acc [dims]
   int64_t bytes = 0;     // Per thread, a multiple of 64.

@@ -13,8 +13,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/geometry-inl.h"
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
@@ -45,6 +47,7 @@ struct BackwardKernel {
   const Params& prm;
   const Plan& plan;
   char* workspace;
+  const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
 
   const BackwardPlan& bp() const { return plan.backward; }
   char* Scratch(int thread_index) const { return workspace + thread_index * plan.scratch.bytes; }
@@ -71,9 +74,48 @@ struct BackwardKernel {
     return Locate<Acc>(p.levels[l], Load<Acc>(xy), Load<Acc>(xy + prm.loc_stride[5]));
   }
 
+  // The by-corner geometry of one (batch, query, head) in the thread's scratch (SIMD path).
+  struct Corners {
+    int32_t* rows;
+    float* weights;
+    float* lh;
+    float* lw;
+    int64_t stride;
+  };
+  Corners SimdCorners(int64_t b, int64_t q, int64_t h, int thread_index, bool fractions) const {
+    const ScratchLayout& s = plan.scratch;
+    char* scratch = Scratch(thread_index);
+    Corners k;
+    k.stride = (p.num_levels() * p.points + 63) / 64 * 64;
+    k.rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
+    k.weights = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
+    k.lh = reinterpret_cast<float*>(scratch + s.point_fractions);
+    k.lw = k.lh + k.stride;
+    PointCorners(p, *levels, reinterpret_cast<const float*>(LocAt(b, q, h, 0)), k.rows, k.weights,
+                 k.stride, fractions ? k.lh : nullptr, fractions ? k.lw : nullptr);
+    return k;
+  }
+
   // Pass A: per key block, how many contributions the chunk's queries make.
-  void Count(int64_t b, int64_t q_begin, int64_t q_end, int64_t* counts) const {
+  void Count(int64_t b, int64_t q_begin, int64_t q_end, int64_t* counts, int thread_index) const {
     std::fill(counts, counts + bp().num_key_blocks, int64_t{0});
+    if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
+      if (levels != nullptr) {
+        const int64_t num_points = p.num_levels() * p.points;
+        for (int64_t q = q_begin; q < q_end; ++q) {
+          for (int64_t h = 0; h < p.heads; ++h) {
+            const Corners k = SimdCorners(b, q, h, thread_index, false);
+            for (int c = 0; c < 4; ++c) {
+              const int32_t* rows = k.rows + c * k.stride;
+              for (int64_t i = 0; i < num_points; ++i) {
+                if (rows[i] >= 0) ++counts[rows[i] >> bp().key_block_shift];
+              }
+            }
+          }
+        }
+        return;
+      }
+    }
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t h = 0; h < p.heads; ++h) {
         for (int64_t l = 0; l < p.num_levels(); ++l) {
@@ -100,13 +142,13 @@ struct BackwardKernel {
         Acc* g_row = cursors != nullptr
                          ? GradRows() + slot * p.dims
                          : reinterpret_cast<Acc*>(Scratch(thread_index) + plan.scratch.grad_row);
-        PointsOfHead(b, q, h, slot, g_row, cursors);
+        PointsOfHead(b, q, h, slot, g_row, cursors, thread_index);
       }
     }
   }
 
-  void PointsOfHead(int64_t b, int64_t q, int64_t h, int64_t slot, Acc* g_row,
-                    int64_t* cursors) const {
+  void PointsOfHead(int64_t b, int64_t q, int64_t h, int64_t slot, Acc* g_row, int64_t* cursors,
+                    int thread_index) const {
     const T* value = static_cast<const T*>(prm.value) + b * prm.value_stride[0] +
                      h * prm.value_stride[2];  // [keys, dims] of this (batch, head).
     const int64_t key_stride = prm.value_stride[1];
@@ -120,6 +162,13 @@ struct BackwardKernel {
       } else {
         for (int64_t d = 0; d < p.dims; ++d) {
           g_row[d] = Load<Acc>(g_src + d * prm.grad_out_stride[2]);
+        }
+      }
+      if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
+        if (levels != nullptr) {
+          PointsOfHeadSimd(b, q, h, slot, g_row, cursors, value, key_stride, dim_stride,
+                           thread_index);
+          return;
         }
       }
       for (int64_t l = 0; l < p.num_levels(); ++l) {
@@ -152,21 +201,74 @@ struct BackwardKernel {
             grad_y = static_cast<Acc>(level.height) * a *
                      (hw * (dot[2] - dot[0]) + g.lw * (dot[3] - dot[1]));
           }
-          if (prm.grad_attn != nullptr) {
-            T* ga = static_cast<T*>(prm.grad_attn) + b * prm.grad_attn_stride[0] +
-                    q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2] +
-                    l * prm.grad_attn_stride[3] + pt * prm.grad_attn_stride[4];
-            Store<Acc>(ga, grad_a);
-          }
-          if (prm.grad_loc != nullptr) {
-            L* gl = static_cast<L*>(prm.grad_loc) + b * prm.grad_loc_stride[0] +
-                    q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2] +
-                    l * prm.grad_loc_stride[3] + pt * prm.grad_loc_stride[4];
-            Store<Acc>(gl, grad_x);
-            Store<Acc>(gl + prm.grad_loc_stride[5], grad_y);
-          }
+          StorePointGradients(b, q, h, l, pt, grad_x, grad_y, grad_a);
         }
       }
+    }
+  }
+
+  // PointsOfHead with the geometry of all points from the SIMD pass: the same arithmetic,
+  // point by point, so both paths give identical bits.
+  void PointsOfHeadSimd(int64_t b, int64_t q, int64_t h, int64_t slot, const Acc* g_row,
+                        int64_t* cursors, const T* value, int64_t key_stride, int64_t dim_stride,
+                        int thread_index) const {
+    const Corners k = SimdCorners(b, q, h, thread_index, true);
+    Entry<Acc>* entries = Entries();
+    for (int64_t l = 0; l < p.num_levels(); ++l) {
+      const Level& level = p.levels[l];
+      const T* attn = AttnAt(b, q, h, l);
+      for (int64_t pt = 0; pt < p.points; ++pt) {
+        const int64_t i = l * p.points + pt;
+        const int32_t rows[4] = {k.rows[i], k.rows[k.stride + i], k.rows[2 * k.stride + i],
+                                 k.rows[3 * k.stride + i]};
+        Acc grad_x = 0, grad_y = 0, grad_a = 0;
+        // A point inside the gate always has an in-map corner, and one outside has none; the
+        // AND of the rows is negative exactly when all of them are -1.
+        if ((rows[0] & rows[1] & rows[2] & rows[3]) >= 0) {
+          const Acc a = Load<Acc>(attn + pt * prm.attn_stride[4]);
+          const Acc w[4] = {k.weights[i], k.weights[k.stride + i], k.weights[2 * k.stride + i],
+                            k.weights[3 * k.stride + i]};
+          Acc dot[4] = {0, 0, 0, 0};
+          for (int c = 0; c < 4; ++c) {
+            if (rows[c] < 0) continue;
+            const T* row = value + int64_t{rows[c]} * key_stride;
+            dot[c] = dim_stride == 1 ? DotRow<T, Acc>(g_row, row, p.dims)
+                                     : Dot<T, Acc>(g_row, row, dim_stride, p.dims);
+            if (cursors != nullptr) {
+              const int64_t block = rows[c] >> bp().key_block_shift;
+              const int64_t row_in_block = rows[c] - (block << bp().key_block_shift);
+              entries[cursors[block]++] =
+                  Entry<Acc>{static_cast<int32_t>(row_in_block * p.heads + h),
+                             static_cast<int32_t>(slot), w[c] * a};
+            }
+          }
+          const Acc lh = k.lh[i], lw = k.lw[i];
+          const Acc hh = Acc(1) - lh, hw = Acc(1) - lw;
+          grad_a = w[0] * dot[0] + w[1] * dot[1] + w[2] * dot[2] + w[3] * dot[3];
+          grad_x =
+              static_cast<Acc>(level.width) * a * (hh * (dot[1] - dot[0]) + lh * (dot[3] - dot[2]));
+          grad_y = static_cast<Acc>(level.height) * a *
+                   (hw * (dot[2] - dot[0]) + lw * (dot[3] - dot[1]));
+        }
+        StorePointGradients(b, q, h, l, pt, grad_x, grad_y, grad_a);
+      }
+    }
+  }
+
+  void StorePointGradients(int64_t b, int64_t q, int64_t h, int64_t l, int64_t pt, Acc grad_x,
+                           Acc grad_y, Acc grad_a) const {
+    if (prm.grad_attn != nullptr) {
+      T* ga = static_cast<T*>(prm.grad_attn) + b * prm.grad_attn_stride[0] +
+              q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2] +
+              l * prm.grad_attn_stride[3] + pt * prm.grad_attn_stride[4];
+      Store<Acc>(ga, grad_a);
+    }
+    if (prm.grad_loc != nullptr) {
+      L* gl = static_cast<L*>(prm.grad_loc) + b * prm.grad_loc_stride[0] +
+              q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2] + l * prm.grad_loc_stride[3] +
+              pt * prm.grad_loc_stride[4];
+      Store<Acc>(gl, grad_x);
+      Store<Acc>(gl + prm.grad_loc_stride[5], grad_y);
     }
   }
 
@@ -219,10 +321,10 @@ struct BackwardKernel {
             *q1 = std::min(pass_end, *q0 + plan_b.chunk_queries);
           };
           int64_t* counts = Counts();  // [chunks][blocks]
-          ParallelFor(threads, chunks, [&](int64_t c, int) {
+          ParallelFor(threads, chunks, [&](int64_t c, int thread_index) {
             int64_t q0, q1;
             chunk_range(c, &q0, &q1);
-            Count(b, q0, q1, counts + c * blocks);
+            Count(b, q0, q1, counts + c * blocks, thread_index);
           });
           // Exclusive prefix over (block, chunk): a block's entries are grouped by chunk, so
           // in query order. Counts become each chunk's write cursors.
@@ -265,12 +367,15 @@ struct BackwardKernel {
 void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
   const GradientSet& grads = e.plan.backward.grads;
   if (!grads.value && !grads.locations && !grads.weights) return;
+  PointLevels levels;
+  const bool simd_geometry = SimdGeometryApplies(e.problem, e.params, &levels);
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
     using T = decltype(t);
     using L = decltype(l);
     using Acc = decltype(acc);
     const BackwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan,
-                                           static_cast<char*>(workspace)};
+                                           static_cast<char*>(workspace),
+                                           simd_geometry ? &levels : nullptr};
     if (grads.value) {
       kernel.RunWithValueGradient();
     } else {

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/geometry-inl.h"
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
@@ -29,13 +30,6 @@ HWY_BEFORE_NAMESPACE();
 namespace msda {
 namespace cpu {
 namespace HWY_NAMESPACE {
-
-// Per-point level constants for the SIMD geometry pass: point i = l * P + p of a (query,
-// head) lies on level l. Built once per call, read by every thread.
-struct PointLevels {
-  std::vector<float> width, height;                 // As floats, for the coordinates.
-  std::vector<int32_t> width_i, height_i, start_i;  // As integers, for the key rows.
-};
 
 template <typename T, typename L, typename Acc>
 struct ForwardKernel {
@@ -56,69 +50,6 @@ struct ForwardKernel {
     const int64_t h_end = std::min(p.heads, h_begin + f.heads_per_tile);
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t head = h_begin; head < h_end; ++head) RunQuery(batch, q, head, thread_index);
-    }
-  }
-
-  // Geometry of the L*P points of one (batch, query, head), vectorised over points: writes
-  // each point's four corner rows (-1 outside the map) and weights (times the attention
-  // weight) by corner, rows[c * stride + i]. Same arithmetic as Locate, lane by lane.
-  void CornersSimd(const float* HWY_RESTRICT loc, const T* HWY_RESTRICT attn,
-                   int32_t* HWY_RESTRICT rows, float* HWY_RESTRICT weights, int64_t stride) const {
-    const hn::ScalableTag<float> d;
-    const hn::RebindToSigned<decltype(d)> di;
-    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
-    const int64_t count = p.num_levels() * p.points;
-    const auto half = hn::Set(d, 0.5f), one = hn::Set(d, 1.0f), minus_one = hn::Set(d, -1.0f);
-    const auto one_i = hn::Set(di, 1), minus_one_i = hn::Set(di, -1);
-    int64_t i = 0;
-    for (; i + n <= count; i += n) {
-      hn::Vec<decltype(d)> x, y;
-      hn::LoadInterleaved2(d, loc + 2 * i, x, y);
-      const auto width = hn::LoadU(d, levels->width.data() + i);
-      const auto height = hn::LoadU(d, levels->height.data() + i);
-      auto w_im = hn::Sub(hn::Mul(x, width), half);
-      auto h_im = hn::Sub(hn::Mul(y, height), half);
-      // The gate; NaN fails every comparison. Outside points get coordinates 0 so that the
-      // integer conversion below stays defined; their corners are masked off anyway.
-      const auto inside = hn::And(hn::And(hn::Gt(h_im, minus_one), hn::Gt(w_im, minus_one)),
-                                  hn::And(hn::Lt(h_im, height), hn::Lt(w_im, width)));
-      h_im = hn::IfThenElseZero(inside, h_im);
-      w_im = hn::IfThenElseZero(inside, w_im);
-      const auto h0f = hn::Floor(h_im), w0f = hn::Floor(w_im);
-      const auto lh = hn::Sub(h_im, h0f), lw = hn::Sub(w_im, w0f);
-      const auto hh = hn::Sub(one, lh), hw = hn::Sub(one, lw);
-      const auto a = LoadRow(d, attn + i);
-      const auto h0 = hn::ConvertTo(di, h0f), w0 = hn::ConvertTo(di, w0f);
-      const auto width_i = hn::LoadU(di, levels->width_i.data() + i);
-      const auto height_i = hn::LoadU(di, levels->height_i.data() + i);
-      const auto in_i = hn::RebindMask(di, inside);
-      const auto top = hn::And(in_i, hn::Gt(h0, minus_one_i));
-      const auto bottom = hn::And(in_i, hn::Lt(hn::Add(h0, one_i), height_i));
-      const auto left = hn::Gt(w0, minus_one_i);
-      const auto right = hn::Lt(hn::Add(w0, one_i), width_i);
-      const auto base =
-          hn::Add(hn::LoadU(di, levels->start_i.data() + i), hn::Add(hn::Mul(h0, width_i), w0));
-      const auto below = hn::Add(base, width_i);
-      hn::StoreU(hn::IfThenElse(hn::And(top, left), base, minus_one_i), di, rows + i);
-      hn::StoreU(hn::IfThenElse(hn::And(top, right), hn::Add(base, one_i), minus_one_i), di,
-                 rows + stride + i);
-      hn::StoreU(hn::IfThenElse(hn::And(bottom, left), below, minus_one_i), di,
-                 rows + 2 * stride + i);
-      hn::StoreU(hn::IfThenElse(hn::And(bottom, right), hn::Add(below, one_i), minus_one_i), di,
-                 rows + 3 * stride + i);
-      hn::StoreU(hn::Mul(hn::Mul(hh, hw), a), d, weights + i);
-      hn::StoreU(hn::Mul(hn::Mul(hh, lw), a), d, weights + stride + i);
-      hn::StoreU(hn::Mul(hn::Mul(lh, hw), a), d, weights + 2 * stride + i);
-      hn::StoreU(hn::Mul(hn::Mul(lh, lw), a), d, weights + 3 * stride + i);
-    }
-    for (; i < count; ++i) {  // The tail, one point at a time.
-      const int64_t l = i / p.points;
-      const PointGeometry<float> g = Locate<float>(p.levels[l], loc[2 * i], loc[2 * i + 1]);
-      const float a = Load<float>(attn + i);
-      for (int c = 0; c < 4; ++c) {
-        rows[c * stride + i] = static_cast<int32_t>(g.row[c]);
-        weights[c * stride + i] = g.weight[c] * a;
-      }
     }
   }
 
@@ -148,7 +79,23 @@ struct ForwardKernel {
         const int64_t stride = (p.num_levels() * p.points + 63) / 64 * 64;
         int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
         float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
-        CornersSimd(loc, attn, rows, by_corner, stride);
+        PointCorners(p, *levels, loc, rows, by_corner, stride, nullptr, nullptr);
+        // Fold the attention weights into the corner weights.
+        const hn::ScalableTag<float> df;
+        const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+        const int64_t points = p.num_levels() * p.points;
+        int64_t i = 0;
+        for (; i + lanes <= points; i += lanes) {
+          const auto a = LoadRow(df, attn + i);
+          for (int c = 0; c < 4; ++c) {
+            float* w = by_corner + c * stride + i;
+            hn::StoreU(hn::Mul(hn::LoadU(df, w), a), df, w);
+          }
+        }
+        for (; i < points; ++i) {
+          const float a = Load<float>(attn + i);
+          for (int c = 0; c < 4; ++c) by_corner[c * stride + i] *= a;
+        }
         // Compaction: keep the in-map corners, corner by corner, in point order.
         int32_t* kept_rows = reinterpret_cast<int32_t*>(offsets);  // [L * P * 4 + lanes]
         const hn::ScalableTag<float> d;
@@ -241,34 +188,12 @@ struct ForwardKernel {
   }
 };
 
-// The SIMD geometry pass needs fp32 locations laid out (level, point, xy) contiguously within
-// a (batch, query, head), attention weights contiguous over (level, point), and key rows and
-// map sizes that fit int32 (and map sizes exact in fp32). Otherwise the scalar pass runs.
-bool SimdGeometryApplies(const Problem& p, const Params& prm, PointLevels* levels) {
-  if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
-  if (prm.loc_stride[5] != 1 || prm.loc_stride[4] != 2 || prm.loc_stride[3] != 2 * p.points) {
-    return false;
-  }
-  if (prm.attn_stride[4] != 1 || prm.attn_stride[3] != p.points) return false;
-  if (p.keys >= (int64_t{1} << 31) - 1) return false;
-  for (const Level& level : p.levels) {
-    if (level.height >= (1 << 24) || level.width >= (1 << 24)) return false;
-  }
-  for (const Level& level : p.levels) {
-    for (int64_t pt = 0; pt < p.points; ++pt) {
-      levels->width.push_back(static_cast<float>(level.width));
-      levels->height.push_back(static_cast<float>(level.height));
-      levels->width_i.push_back(static_cast<int32_t>(level.width));
-      levels->height_i.push_back(static_cast<int32_t>(level.height));
-      levels->start_i.push_back(static_cast<int32_t>(level.start));
-    }
-  }
-  return true;
-}
-
 void RunForwardTarget(const msdaExecutor& e, void* workspace) {
   PointLevels levels;
-  const bool simd_geometry = SimdGeometryApplies(e.problem, e.params, &levels);
+  // The forward also reads the attention weights as vectors: contiguous over (level, point).
+  const bool simd_geometry = e.params.attn_stride[4] == 1 &&
+                             e.params.attn_stride[3] == e.problem.points &&
+                             SimdGeometryApplies(e.problem, e.params, &levels);
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
     using T = decltype(t);
     using L = decltype(l);

@@ -1,0 +1,134 @@
+// Per-target SIMD geometry: the bilinear corners of all L*P points of one (batch, query, head)
+// at once, lanes over points. Shared by the forward and backward kernels; included per target
+// like rows-inl.h. Every lane does exactly what Locate (sampling.h) does for one point, so the
+// SIMD and scalar paths agree bit for bit.
+
+#if defined(MSDA_SRC_CPU_GEOMETRY_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef MSDA_SRC_CPU_GEOMETRY_INL_H_
+#undef MSDA_SRC_CPU_GEOMETRY_INL_H_
+#else
+#define MSDA_SRC_CPU_GEOMETRY_INL_H_
+#endif
+
+#include <cstdint>
+#include <vector>
+
+#include "cpu/sampling.h"
+#include "hwy/highway.h"
+#include "params.h"
+#include "shape.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace msda {
+namespace cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Per-point level constants: point i = l * P + p of a (query, head) lies on level l.
+struct PointLevels {
+  std::vector<float> width, height;                 // As floats, for the coordinates.
+  std::vector<int32_t> width_i, height_i, start_i;  // As integers, for the key rows.
+};
+
+// The SIMD geometry needs fp32 locations laid out (level, point, xy) contiguously within a
+// (batch, query, head), and key rows and map sizes that fit int32 (map sizes exact in fp32).
+// Fills the level tables when it applies.
+inline bool SimdGeometryApplies(const Problem& p, const Params& prm, PointLevels* levels) {
+  if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
+  if (prm.loc_stride[5] != 1 || prm.loc_stride[4] != 2 || prm.loc_stride[3] != 2 * p.points) {
+    return false;
+  }
+  if (p.keys >= (int64_t{1} << 31) - 1) return false;
+  for (const Level& level : p.levels) {
+    if (level.height >= (1 << 24) || level.width >= (1 << 24)) return false;
+  }
+  for (const Level& level : p.levels) {
+    for (int64_t pt = 0; pt < p.points; ++pt) {
+      levels->width.push_back(static_cast<float>(level.width));
+      levels->height.push_back(static_cast<float>(level.height));
+      levels->width_i.push_back(static_cast<int32_t>(level.width));
+      levels->height_i.push_back(static_cast<int32_t>(level.height));
+      levels->start_i.push_back(static_cast<int32_t>(level.start));
+    }
+  }
+  return true;
+}
+
+// Corner c of point i: rows[c * stride + i] is its key row, or -1 when the corner is off the
+// map or the point fails the gate; weights[c * stride + i] its bilinear weight. With lh / lw
+// non-null, also the fractional parts of h_im and w_im (0 for points that fail the gate).
+// stride >= the number of points rounded up to a multiple of the vector length.
+HWY_INLINE void PointCorners(const Problem& p, const PointLevels& lv, const float* HWY_RESTRICT loc,
+                             int32_t* HWY_RESTRICT rows, float* HWY_RESTRICT weights,
+                             int64_t stride, float* HWY_RESTRICT lh_out,
+                             float* HWY_RESTRICT lw_out) {
+  const hn::ScalableTag<float> d;
+  const hn::RebindToSigned<decltype(d)> di;
+  const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t count = p.num_levels() * p.points;
+  const auto half = hn::Set(d, 0.5f), one = hn::Set(d, 1.0f), minus_one = hn::Set(d, -1.0f);
+  const auto one_i = hn::Set(di, 1), minus_one_i = hn::Set(di, -1);
+  int64_t i = 0;
+  for (; i + n <= count; i += n) {
+    hn::Vec<decltype(d)> x, y;
+    hn::LoadInterleaved2(d, loc + 2 * i, x, y);
+    const auto width = hn::LoadU(d, lv.width.data() + i);
+    const auto height = hn::LoadU(d, lv.height.data() + i);
+    auto w_im = hn::Sub(hn::Mul(x, width), half);
+    auto h_im = hn::Sub(hn::Mul(y, height), half);
+    // The gate; NaN fails every comparison. Points that fail it get coordinates 0 so that the
+    // integer conversion below stays defined; their corners are masked off.
+    const auto inside = hn::And(hn::And(hn::Gt(h_im, minus_one), hn::Gt(w_im, minus_one)),
+                                hn::And(hn::Lt(h_im, height), hn::Lt(w_im, width)));
+    h_im = hn::IfThenElseZero(inside, h_im);
+    w_im = hn::IfThenElseZero(inside, w_im);
+    const auto h0f = hn::Floor(h_im), w0f = hn::Floor(w_im);
+    const auto lh = hn::Sub(h_im, h0f), lw = hn::Sub(w_im, w0f);
+    const auto hh = hn::Sub(one, lh), hw = hn::Sub(one, lw);
+    const auto h0 = hn::ConvertTo(di, h0f), w0 = hn::ConvertTo(di, w0f);
+    const auto width_i = hn::LoadU(di, lv.width_i.data() + i);
+    const auto height_i = hn::LoadU(di, lv.height_i.data() + i);
+    const auto in_i = hn::RebindMask(di, inside);
+    const auto top = hn::And(in_i, hn::Gt(h0, minus_one_i));
+    const auto bottom = hn::And(in_i, hn::Lt(hn::Add(h0, one_i), height_i));
+    const auto left = hn::Gt(w0, minus_one_i);
+    const auto right = hn::Lt(hn::Add(w0, one_i), width_i);
+    const auto base =
+        hn::Add(hn::LoadU(di, lv.start_i.data() + i), hn::Add(hn::Mul(h0, width_i), w0));
+    const auto below = hn::Add(base, width_i);
+    hn::StoreU(hn::IfThenElse(hn::And(top, left), base, minus_one_i), di, rows + i);
+    hn::StoreU(hn::IfThenElse(hn::And(top, right), hn::Add(base, one_i), minus_one_i), di,
+               rows + stride + i);
+    hn::StoreU(hn::IfThenElse(hn::And(bottom, left), below, minus_one_i), di,
+               rows + 2 * stride + i);
+    hn::StoreU(hn::IfThenElse(hn::And(bottom, right), hn::Add(below, one_i), minus_one_i), di,
+               rows + 3 * stride + i);
+    hn::StoreU(hn::Mul(hh, hw), d, weights + i);
+    hn::StoreU(hn::Mul(hh, lw), d, weights + stride + i);
+    hn::StoreU(hn::Mul(lh, hw), d, weights + 2 * stride + i);
+    hn::StoreU(hn::Mul(lh, lw), d, weights + 3 * stride + i);
+    if (lh_out != nullptr) {
+      hn::StoreU(lh, d, lh_out + i);
+      hn::StoreU(lw, d, lw_out + i);
+    }
+  }
+  for (; i < count; ++i) {  // The tail, one point at a time.
+    const PointGeometry<float> g =
+        Locate<float>(p.levels[i / p.points], loc[2 * i], loc[2 * i + 1]);
+    for (int c = 0; c < 4; ++c) {
+      rows[c * stride + i] = static_cast<int32_t>(g.row[c]);
+      weights[c * stride + i] = g.weight[c];
+    }
+    if (lh_out != nullptr) {
+      lh_out[i] = g.lh;
+      lw_out[i] = g.lw;
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace cpu
+}  // namespace msda
+HWY_AFTER_NAMESPACE();
+
+#endif  // MSDA_SRC_CPU_GEOMETRY_INL_H_
