@@ -28,6 +28,17 @@ def _check_cpu(name: str, t: Tensor) -> None:
         )
 
 
+def _check_same_device(names, tensors) -> None:
+    """Every tensor on value's device. A meta tensor among CPU ones would otherwise send the
+    call to the fake implementation, which returns uninitialised memory."""
+    device = tensors[0].device
+    for name, t in zip(names, tensors):
+        if t.device != device:
+            raise ValueError(
+                f"{name}: must be on the same device as value ({device}), got {t.device}"
+            )
+
+
 def _run_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     for name, t in zip(ARGUMENT_NAMES, tensors):
@@ -53,6 +64,10 @@ def _ms_deform_attn_op(
 
 @_ms_deform_attn_op.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    _check_same_device(
+        ARGUMENT_NAMES,
+        (value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
+    )
     return value.new_empty(output_shape(value, sampling_locations))
 
 
@@ -103,6 +118,11 @@ def _(
     need_locations,
     need_weights,
 ):
+    _check_same_device(
+        ARGUMENT_NAMES + ("grad_output",),
+        (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+         grad_output),
+    )
     output_shape(value, sampling_locations)
     return (
         _empty(value) if need_value else value.new_empty(0),
@@ -177,6 +197,11 @@ _autocast_lib.impl("ms_deform_attn", _autocast_cpu, "AutocastCPU", with_keyset=T
 
 def _level_start_index(spatial_shapes: Tensor) -> Tensor:
     """Prefix sums of H_l * W_l starting at 0, from spatial_shapes [L, 2] (same dtype)."""
+    if spatial_shapes.ndim != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] < 1:
+        raise ValueError(
+            "spatial_shapes: must have shape [levels, 2] with levels >= 1, got shape "
+            f"{list(spatial_shapes.shape)}"
+        )
     areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
     return torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
 
@@ -188,7 +213,13 @@ def _index_tensor(name: str, x) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if isinstance(x, (list, tuple)):
-        return torch.tensor(x, dtype=torch.int64)
+        try:
+            t = torch.tensor(x)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name}: expected a tensor or a (nested) list of ints: {e}") from None
+        if t.numel() > 0 and t.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name}: expected a list of ints, got elements of dtype {t.dtype}")
+        return t.to(torch.int64)
     raise TypeError(f"{name}: expected a torch.Tensor (or a list of ints), got {type(x).__name__}")
 
 
@@ -246,6 +277,12 @@ def ms_deform_attn_backward(
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """The backward op called directly: (grad_value, grad_sampling_locations,
     grad_attention_weights), None for a gradient not asked for (it is not computed)."""
+    for name, t in zip(
+        ("grad_output",) + ARGUMENT_NAMES,
+        (grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+         attention_weights),
+    ):
+        _check_tensor(name, t)
     grads = _ms_deform_attn_backward_op(
         grad_output,
         value,

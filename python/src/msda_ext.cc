@@ -13,6 +13,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "msda/msda.h"
 
@@ -96,8 +97,15 @@ TensorPtr MakeTensor(const char* name, const Array& a) {
   }
   const msdaDataType dtype = MapDtype(name, a.dtype());
   const uint64_t ndim = a.ndim();
+  // The stride of a dim of size 0 or 1 never moves the pointer, and NumPy leaves a negative
+  // one there after a reversal (a[::-1] of one element) while calling the array contiguous:
+  // normalise such strides to 0 instead of refusing them.
+  std::vector<int64_t> strides(a.stride_ptr(), a.stride_ptr() + ndim);
+  for (uint64_t i = 0; i < ndim; ++i) {
+    if (a.shape(i) <= 1) strides[i] = 0;
+  }
   // The data pointer already includes DLPack's byte_offset; the msda offset stays 0.
-  msdaTensor* t = msdaCreateTensor(a.shape_ptr(), ndim, dtype, a.stride_ptr(), 0, MSDA_DEVICE_CPU,
+  msdaTensor* t = msdaCreateTensor(a.shape_ptr(), ndim, dtype, strides.data(), 0, MSDA_DEVICE_CPU,
                                    0, const_cast<void*>(static_cast<const void*>(a.data())));
   if (t == nullptr) {
     std::string message = msdaGetLastErrorMessage();
