@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every test: installs what is missing, builds with -Werror, runs the C++ suite (GoogleTest,
-# the example, the install consumer) through ctest, then the Python package's tests.
+# Every test: installs what is missing, builds with -Werror, runs the C++ suite (GoogleTest on
+# every SIMD target, the example, the install consumer) through ctest, the same suite under
+# ASan + UBSan, a 60 s fuzz run, then the Python package's tests. MSDA_SKIP_SANITIZE=1,
+# MSDA_FUZZ_SECONDS=0 and MSDA_SKIP_PYTHON=1 skip parts for a quick local run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,6 +13,11 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMSDA_WERROR=ON \
   -DMSDA_BUILD_TESTS=ON -DMSDA_BUILD_EXAMPLES=ON -DMSDA_BUILD_BENCH=ON
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" --output-on-failure -j "$jobs"
+
+# The whole C++ suite again under ASan + UBSan (scripts/sanitize.sh thread runs TSan).
+if [ "${MSDA_SKIP_SANITIZE:-0}" != 1 ]; then
+  bash scripts/sanitize.sh address
+fi
 
 # A bounded fuzz run of the C API under ASan and UBSan (scripts/fuzz.sh runs longer ones).
 if [ "${MSDA_FUZZ_SECONDS:-60}" != 0 ]; then
