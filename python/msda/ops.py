@@ -75,6 +75,14 @@ def _empty(like: Tensor) -> Tensor:
     return torch.empty(like.shape, dtype=like.dtype, device=like.device)
 
 
+def _gradient_buffers(value, sampling_locations, attention_weights, needs):
+    """The backward op's three outputs: full-size where needed, empty where skipped."""
+    return tuple(
+        _empty(like) if need else like.new_empty(0)
+        for like, need in zip((value, sampling_locations, attention_weights), needs)
+    )
+
+
 @torch.library.custom_op("msda::ms_deform_attn_backward", mutates_args=())
 def _ms_deform_attn_backward_op(
     grad_output: Tensor,
@@ -91,9 +99,9 @@ def _ms_deform_attn_backward_op(
     for name, t in zip(ARGUMENT_NAMES + ("grad_output",), tensors + (grad_output,)):
         _check_cpu(name, t)
     output_shape(value, sampling_locations)
-    grad_value = _empty(value) if need_value else value.new_empty(0)
-    grad_locations = _empty(sampling_locations) if need_locations else sampling_locations.new_empty(0)
-    grad_weights = _empty(attention_weights) if need_weights else attention_weights.new_empty(0)
+    grad_value, grad_locations, grad_weights = _gradient_buffers(
+        value, sampling_locations, attention_weights, (need_value, need_locations, need_weights)
+    )
     if need_value or need_locations or need_weights:
         _C.backward(
             *(t.detach() for t in tensors),
@@ -124,10 +132,8 @@ def _(
          grad_output),
     )
     output_shape(value, sampling_locations)
-    return (
-        _empty(value) if need_value else value.new_empty(0),
-        _empty(sampling_locations) if need_locations else sampling_locations.new_empty(0),
-        _empty(attention_weights) if need_weights else attention_weights.new_empty(0),
+    return _gradient_buffers(
+        value, sampling_locations, attention_weights, (need_value, need_locations, need_weights)
     )
 
 

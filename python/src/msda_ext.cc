@@ -138,6 +138,34 @@ void* ThreadWorkspace(uint64_t bytes) {
   return buffer.get();
 }
 
+// The two stages of one call with the GIL released: plan (GetWorkspaceSize), take the
+// thread's workspace, run. The run call releases the executor (it is not repeatable),
+// whatever the outcome. Raises the status as a Python exception.
+template <typename PlanFn>
+void PlanAndRun(PlanFn plan, msdaStatus (*run)(void*, uint64_t, msdaExecutor*, msdaStream)) {
+  msdaStatus status;
+  std::string error;
+  {
+    nb::gil_scoped_release release;
+    uint64_t bytes = 0;
+    msdaExecutor* raw = nullptr;
+    status = plan(&bytes, &raw);
+    if (status == MSDA_SUCCESS) {
+      std::unique_ptr<msdaExecutor, ExecutorDeleter> executor(raw);
+      void* workspace = nullptr;
+      try {
+        workspace = ThreadWorkspace(bytes);
+      } catch (const std::bad_alloc&) {
+        status = MSDA_ERROR_OUT_OF_MEMORY;
+        error = "workspace: could not allocate " + std::to_string(bytes) + " bytes";
+      }
+      if (status == MSDA_SUCCESS) status = run(workspace, bytes, executor.release(), nullptr);
+    }
+    if (status != MSDA_SUCCESS && error.empty()) error = msdaGetLastErrorMessage();
+  }
+  if (status != MSDA_SUCCESS) RaiseStatus(status, error);
+}
+
 void SetThreads(int num_threads) {
   const msdaStatus s = msdaSetNumThreads(num_threads);
   if (s != MSDA_SUCCESS)
@@ -156,31 +184,12 @@ void Forward(const InArray& value, const InArray& spatial_shapes, const InArray&
   const TensorPtr out = MakeTensor("output", output);
   SetThreads(num_threads);
 
-  msdaStatus status;
-  std::string error;
-  {
-    nb::gil_scoped_release release;
-    uint64_t bytes = 0;
-    msdaExecutor* raw = nullptr;
-    status = msdaForwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
-                                         out.get(), &bytes, &raw);
-    if (status == MSDA_SUCCESS) {
-      std::unique_ptr<msdaExecutor, ExecutorDeleter> executor(raw);
-      void* workspace = nullptr;
-      try {
-        workspace = ThreadWorkspace(bytes);
-      } catch (const std::bad_alloc&) {
-        status = MSDA_ERROR_OUT_OF_MEMORY;
-        error = "workspace: could not allocate " + std::to_string(bytes) + " bytes";
-      }
-      if (status == MSDA_SUCCESS) {
-        // The run call releases the executor (it is not repeatable), whatever the outcome.
-        status = msdaForward(workspace, bytes, executor.release(), nullptr);
-      }
-    }
-    if (status != MSDA_SUCCESS && error.empty()) error = msdaGetLastErrorMessage();
-  }
-  if (status != MSDA_SUCCESS) RaiseStatus(status, error);
+  PlanAndRun(
+      [&](uint64_t* bytes, msdaExecutor** executor) {
+        return msdaForwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
+                                           out.get(), bytes, executor);
+      },
+      msdaForward);
 }
 
 void Backward(const InArray& value, const InArray& spatial_shapes, const InArray& level_start_index,
@@ -204,30 +213,12 @@ void Backward(const InArray& value, const InArray& spatial_shapes, const InArray
                            : nullptr;
   SetThreads(num_threads);
 
-  msdaStatus status;
-  std::string error;
-  {
-    nb::gil_scoped_release release;
-    uint64_t bytes = 0;
-    msdaExecutor* raw = nullptr;
-    status = msdaBackwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
-                                          g.get(), gv.get(), gl.get(), ga.get(), &bytes, &raw);
-    if (status == MSDA_SUCCESS) {
-      std::unique_ptr<msdaExecutor, ExecutorDeleter> executor(raw);
-      void* workspace = nullptr;
-      try {
-        workspace = ThreadWorkspace(bytes);
-      } catch (const std::bad_alloc&) {
-        status = MSDA_ERROR_OUT_OF_MEMORY;
-        error = "workspace: could not allocate " + std::to_string(bytes) + " bytes";
-      }
-      if (status == MSDA_SUCCESS) {
-        status = msdaBackward(workspace, bytes, executor.release(), nullptr);
-      }
-    }
-    if (status != MSDA_SUCCESS && error.empty()) error = msdaGetLastErrorMessage();
-  }
-  if (status != MSDA_SUCCESS) RaiseStatus(status, error);
+  PlanAndRun(
+      [&](uint64_t* bytes, msdaExecutor** executor) {
+        return msdaBackwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
+                                            g.get(), gv.get(), gl.get(), ga.get(), bytes, executor);
+      },
+      msdaBackward);
 }
 
 }  // namespace
