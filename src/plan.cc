@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <limits>
 
+#include "tensor.h"
+
 namespace msda {
 namespace {
 
@@ -46,6 +48,8 @@ bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scrat
   scratch->corner_rows_by_corner = layout.Add(padded, sizeof(int32_t));
   scratch->corner_weights_by_corner = layout.Add(padded, sizeof(float));
   scratch->point_fractions = layout.Add(padded / 2, sizeof(float));
+  scratch->next_rows = layout.Add(corners + 64, sizeof(int32_t));
+  scratch->next_weights = layout.Add(corners + 64, sizeof(float));
   scratch->row = layout.Add(p.dims, acc_bytes);
   scratch->grad_row = layout.Add(p.dims, acc_bytes);
   scratch->bytes = layout.size();
@@ -68,27 +72,49 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   const int threads = std::max(1, machine.num_threads);
 
   // Aim for about 16 tiles per thread so that dynamic scheduling balances uneven tiles
-  // (points outside the maps cost nothing), with query blocks of at most 256 queries.
-  // A tile takes all heads of its queries when there is enough work: value rows of one head
-  // sit heads * dims elements apart, a power-of-two stride in most models, which maps all of
-  // one head's rows onto a few cache sets; walking the heads of a key together reads whole
-  // contiguous rows instead.
+  // (points outside the maps cost nothing).
   ForwardPlan& f = plan->forward;
   const int64_t target_tiles = int64_t{16} * threads;
-  f.heads_per_tile = p.batch * p.queries >= 8 * target_tiles ? p.heads : 1;
-  f.num_head_groups = CeilDiv(p.heads, f.heads_per_tile);
-  const int64_t rows = p.batch * f.num_head_groups;  // Independent rows of query blocks.
-  const int64_t blocks_per_row = rows > 0 ? CeilDiv(target_tiles, rows) : 1;
-  f.query_block =
-      std::clamp<int64_t>(CeilDiv(std::max<int64_t>(p.queries, 1), blocks_per_row), 1, 256);
+  // Head-major (see plan.h) pays when the copy, read and written once, is small next to the
+  // gathers: each query reads L * P * 4 rows per head, so ask for 16 corner rows per key; and
+  // when the copy fits the workspace budget.
+  int64_t value_bytes = ElementSize(p.value_dtype), corners = 4;
+  const bool sizes_fit = !__builtin_mul_overflow(value_bytes, p.keys, &value_bytes) &&
+                         !__builtin_mul_overflow(value_bytes, p.heads, &value_bytes) &&
+                         !__builtin_mul_overflow(value_bytes, p.dims, &value_bytes) &&
+                         !__builtin_mul_overflow(corners, p.queries, &corners) &&
+                         !__builtin_mul_overflow(corners, p.num_levels() * p.points, &corners);
+  f.head_major = sizes_fit && p.heads > 1 && value_bytes <= kHeadMajorCopyLimitBytes &&
+                 corners / 16 >= p.keys && p.queries >= 1024;
+  if (f.head_major) {
+    // All heads of a query together: loc, attn and out are then read and written
+    // contiguously (one head at a time over a long run of queries measured slower).
+    f.heads_per_tile = p.heads;
+    f.num_head_groups = 1;
+    const int64_t blocks_per_row = CeilDiv(target_tiles, p.batch);
+    f.query_block = std::max<int64_t>(CeilDiv(p.queries, blocks_per_row), 256);
+    f.copy_block_keys = 1024;
+    f.num_copy_blocks = CeilDiv(p.keys, f.copy_block_keys);
+  } else {
+    // A tile takes all heads of its queries when there is enough work: this reads whole
+    // contiguous [heads, dims] rows of a key instead of one head's rows at a power-of-two
+    // stride. Query blocks of at most 256 queries.
+    f.heads_per_tile = p.batch * p.queries >= 8 * target_tiles ? p.heads : 1;
+    f.num_head_groups = CeilDiv(p.heads, f.heads_per_tile);
+    const int64_t rows = p.batch * f.num_head_groups;  // Independent rows of query blocks.
+    const int64_t blocks_per_row = rows > 0 ? CeilDiv(target_tiles, rows) : 1;
+    f.query_block =
+        std::clamp<int64_t>(CeilDiv(std::max<int64_t>(p.queries, 1), blocks_per_row), 1, 256);
+  }
   f.num_query_blocks = CeilDiv(p.queries, f.query_block);
-  f.num_tiles = rows * f.num_query_blocks;
+  f.num_tiles = p.batch * f.num_head_groups * f.num_query_blocks;
   plan->num_threads =
       static_cast<int>(std::clamp<int64_t>(f.num_tiles, 1, static_cast<int64_t>(threads)));
 
   if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
   Layout layout;
   layout.Add(plan->num_threads, plan->scratch.bytes);
+  if (f.head_major) f.value_copy_offset = layout.Add(value_bytes, 1);
   if (layout.overflow()) return false;
   plan->workspace_bytes = static_cast<uint64_t>(layout.size());
   return true;
@@ -183,10 +209,13 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
   if (plan.direction == Direction::kForward) {
     const ForwardPlan& f = plan.forward;
     std::snprintf(buf, sizeof(buf),
-                  "  tiles=(batch, query block, head group): query_block=%lld blocks=%lld "
-                  "heads_per_tile=%lld tiles=%lld\n",
+                  "  tiles=(batch, head group, query block): query_block=%lld blocks=%lld "
+                  "heads_per_tile=%lld tiles=%lld\n"
+                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys)\n",
                   (long long)f.query_block, (long long)f.num_query_blocks,
-                  (long long)f.heads_per_tile, (long long)f.num_tiles);
+                  (long long)f.heads_per_tile, (long long)f.num_tiles, f.head_major ? 1 : 0,
+                  (long long)f.value_copy_offset, (long long)f.num_copy_blocks,
+                  (long long)f.copy_block_keys);
     s += buf;
   } else {
     const BackwardPlan& b = plan.backward;

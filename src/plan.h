@@ -25,12 +25,25 @@ struct GradientSet {
 };
 
 // Forward: tiles are (batch, query block, head group), each an independent piece of output.
+//
+// Head-major mode: when many queries share a map, the value of each batch item is first
+// copied head-major ([heads][keys][dims]) into the workspace, and the tiles then read the copy.
+// In the caller's [keys, heads, dims] layout one head's rows sit heads * dims elements apart,
+// a power-of-two stride in most models that maps the rows a head samples around a point onto
+// a few cache sets; in the copy they are contiguous and the neighbourhood a run of queries
+// samples stays cached (encoder shape, one thread: 66 -> 42 ms, copy included).
 struct ForwardPlan {
+  bool head_major = false;
+  int64_t value_copy_offset = 0;  // The copy: T [heads][keys][dims], one batch item.
+  int64_t copy_block_keys = 1;    // Keys per copy task.
+  int64_t num_copy_blocks = 0;
   int64_t query_block = 1;       // Queries per tile.
   int64_t num_query_blocks = 0;  // ceil(queries / query_block).
   int64_t heads_per_tile = 1;    // Heads a tile walks together, for each of its queries.
   int64_t num_head_groups = 1;   // ceil(heads / heads_per_tile).
   int64_t num_tiles = 0;         // batch * num_query_blocks * num_head_groups.
+  // Tile t covers batch t / tiles_per_batch; the head-major mode runs one batch item at a time.
+  int64_t tiles_per_batch() const { return num_query_blocks * num_head_groups; }
 };
 
 // Backward. Gradients of locations and weights are per sampling point and need no
@@ -74,6 +87,11 @@ struct ScratchLayout {
   int64_t corner_rows_by_corner = 0;
   int64_t corner_weights_by_corner = 0;
   int64_t point_fractions = 0;  // fp32 [2][points_padded]: lh then lw of every point.
+  // A second compacted list, int32 key rows and fp32 weights [levels * points * 4 + 64]: the
+  // forward builds the next (query, head)'s list here, and prefetches its rows, while it
+  // gathers the current one.
+  int64_t next_rows = 0;
+  int64_t next_weights = 0;
   int64_t row = 0;       // acc [dims]
   int64_t grad_row = 0;  // acc [dims]
   int64_t bytes = 0;     // Per thread, a multiple of 64.
@@ -99,6 +117,8 @@ bool MakeBackwardPlan(const Problem& problem, const Machine& machine, const Grad
 int64_t BackwardEntryBytes(int64_t acc_bytes);
 // Bytes the backward may spend on contributions in one pass; passes split queries to fit.
 constexpr int64_t kBackwardEntryBudgetBytes = int64_t{24} << 20;
+// The largest head-major value copy the forward makes (one batch item).
+constexpr int64_t kHeadMajorCopyLimitBytes = int64_t{48} << 20;
 
 std::string DescribePlan(const Problem& problem, const Plan& plan);
 

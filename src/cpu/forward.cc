@@ -23,6 +23,7 @@
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
 #include "cpu/simd.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "threads.h"
 
@@ -38,22 +39,154 @@ struct ForwardKernel {
   const Plan& plan;
   char* workspace;
   const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
+  // Head-major mode: this batch item's value copied as [heads][keys][dims], else null.
+  const T* value_copy;
+
+  // [keys, dims] of one (batch, head), and its strides.
+  const T* ValueOf(int64_t batch, int64_t head) const {
+    if (value_copy != nullptr) return value_copy + head * p.keys * p.dims;
+    return static_cast<const T*>(prm.value) + batch * prm.value_stride[0] +
+           head * prm.value_stride[2];
+  }
+  int64_t KeyStride() const { return value_copy != nullptr ? p.dims : prm.value_stride[1]; }
+  int64_t DimStride() const { return value_copy != nullptr ? 1 : prm.value_stride[3]; }
 
   void RunTile(int64_t tile, int thread_index) const {
     const ForwardPlan& f = plan.forward;
-    const int64_t group = tile % f.num_head_groups;
-    const int64_t block = (tile / f.num_head_groups) % f.num_query_blocks;
-    const int64_t batch = tile / (f.num_head_groups * f.num_query_blocks);
+    const int64_t block = tile % f.num_query_blocks;
+    const int64_t group = (tile / f.num_query_blocks) % f.num_head_groups;
+    const int64_t batch = tile / f.tiles_per_batch();
     const int64_t q_begin = block * f.query_block;
     const int64_t q_end = std::min(p.queries, q_begin + f.query_block);
     const int64_t h_begin = group * f.heads_per_tile;
     const int64_t h_end = std::min(p.heads, h_begin + f.heads_per_tile);
+    if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
+      if (levels != nullptr) {
+        return RunTilePipelined(batch, q_begin, q_end, h_begin, h_end, thread_index);
+      }
+    }
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t head = h_begin; head < h_end; ++head) RunQuery(batch, q, head, thread_index);
     }
   }
 
-  // One (batch, query, head): out[batch, q, head * D + d] for every d.
+  // The SIMD-geometry path, software pipelined over the tile's (query, head) items: while the
+  // rows of item i are gathered, the corner list of item i + 1 is already built and its rows
+  // are prefetched, so that their cache misses overlap the gathers instead of stalling them.
+  void RunTilePipelined(int64_t batch, int64_t q_begin, int64_t q_end, int64_t h_begin,
+                        int64_t h_end, int thread_index) const {
+    const ScratchLayout& s = plan.scratch;
+    char* scratch = workspace + thread_index * s.bytes;
+    int32_t* rows[2] = {reinterpret_cast<int32_t*>(scratch + s.corner_offsets),
+                        reinterpret_cast<int32_t*>(scratch + s.next_rows)};
+    float* weights[2] = {reinterpret_cast<float*>(scratch + s.corner_weights),
+                         reinterpret_cast<float*>(scratch + s.next_weights)};
+    Acc* acc = reinterpret_cast<Acc*>(scratch + s.row);
+    const int64_t key_stride = KeyStride();
+    const int64_t dim_stride = DimStride();
+    const int64_t heads = h_end - h_begin;
+    const int64_t items = (q_end - q_begin) * heads;
+    int64_t count = BuildCornerList(batch, q_begin, h_begin, scratch, rows[0], weights[0]);
+    for (int64_t i = 0; i < items; ++i) {
+      const int cur = static_cast<int>(i & 1);
+      const int64_t q = q_begin + i / heads, head = h_begin + i % heads;
+      int64_t next_count = 0;
+      if (i + 1 < items) {
+        const int64_t q1 = q_begin + (i + 1) / heads, head1 = h_begin + (i + 1) % heads;
+        next_count = BuildCornerList(batch, q1, head1, scratch, rows[1 - cur], weights[1 - cur]);
+        PrefetchRows(ValueOf(batch, head1), rows[1 - cur], next_count, key_stride);
+      }
+      const T* value = ValueOf(batch, head);
+      if (dim_stride == 1) {
+        GatherRows<T, Acc>(value, rows[cur], key_stride, weights[cur], count, p.dims, acc);
+      } else {
+        std::fill(acc, acc + p.dims, Acc(0));
+        for (int64_t k = 0; k < count; ++k) {
+          Axpy<T, Acc>(acc, weights[cur][k], value + int64_t{rows[cur][k]} * key_stride,
+                       dim_stride, p.dims);
+        }
+      }
+      Write(static_cast<T*>(prm.out), batch, q, head, acc);
+      count = next_count;
+    }
+  }
+
+  // Issues a prefetch for each cache line of the first 256 bytes of every listed row.
+  void PrefetchRows(const T* value, const int32_t* rows, int64_t count, int64_t key_stride) const {
+    constexpr int64_t kLine = 64;
+    const int64_t row_bytes =
+        std::min<int64_t>(p.dims * DimStride() * int64_t{sizeof(T)}, 4 * kLine);
+    for (int64_t k = 0; k < count; ++k) {
+      const char* row = reinterpret_cast<const char*>(value + int64_t{rows[k]} * key_stride);
+      for (int64_t b = 0; b < row_bytes; b += kLine) hwy::Prefetch(row + b);
+    }
+  }
+
+  // The SIMD geometry of one (batch, query, head): the in-map corners' key rows and weights
+  // (bilinear times attention), compacted corner by corner in point order. Returns the count.
+  int64_t BuildCornerList(int64_t batch, int64_t q, int64_t head, char* scratch,
+                          int32_t* kept_rows, float* weights) const {
+    const ScratchLayout& s = plan.scratch;
+    const float* loc = static_cast<const float*>(prm.loc) + batch * prm.loc_stride[0] +
+                       q * prm.loc_stride[1] + head * prm.loc_stride[2];
+    const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_stride[0] +
+                    q * prm.attn_stride[1] + head * prm.attn_stride[2];
+    const int64_t stride = (p.num_levels() * p.points + 63) / 64 * 64;
+    int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
+    float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
+    PointCorners(p, *levels, loc, rows, by_corner, stride, nullptr, nullptr);
+    // Fold the attention weights into the corner weights.
+    const hn::ScalableTag<float> d;
+    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+    const int64_t points = p.num_levels() * p.points;
+    int64_t i = 0;
+    for (; i + n <= points; i += n) {
+      const auto a = LoadRow(d, attn + i);
+      for (int c = 0; c < 4; ++c) {
+        float* w = by_corner + c * stride + i;
+        hn::StoreU(hn::Mul(hn::LoadU(d, w), a), d, w);
+      }
+    }
+    for (; i < points; ++i) {
+      const float a = Load<float>(attn + i);
+      for (int c = 0; c < 4; ++c) by_corner[c * stride + i] *= a;
+    }
+    // Compaction: keep the in-map corners, corner by corner, in point order.
+    int64_t count = 0;
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+    // AVX-512 compresses natively; elsewhere Highway emulates it with tables, which costs more
+    // than the scalar loop below. Register-form compress plus a full store (the lists are
+    // padded by 64 lanes): the memory form of vpcompress is microcoded and slow on AMD Zen 4
+    // (encoder forward, one thread: 96 -> 69 ms).
+    const hn::RebindToSigned<decltype(d)> di;
+    const auto zero_i = hn::Zero(di);
+    for (int c = 0; c < 4; ++c) {
+      for (int64_t i = 0; i < points; i += n) {
+        const auto r = hn::LoadU(di, rows + c * stride + i);
+        const auto w = hn::LoadU(d, by_corner + c * stride + i);
+        const auto keep = hn::And(hn::FirstN(di, static_cast<size_t>(points - i)),
+                                  hn::Not(hn::Lt(r, zero_i)));
+        hn::StoreU(hn::Compress(w, hn::RebindMask(d, keep)), d, weights + count);
+        hn::StoreU(hn::Compress(r, keep), di, kept_rows + count);
+        count += static_cast<int64_t>(hn::CountTrue(di, keep));
+      }
+    }
+#else
+    for (int c = 0; c < 4; ++c) {
+      for (int64_t i = 0; i < points; ++i) {
+        // Branch-free: every slot is written, only in-map corners advance.
+        const int32_t r = rows[c * stride + i];
+        kept_rows[count] = r;
+        weights[count] = by_corner[c * stride + i];
+        count += r >= 0;
+      }
+    }
+#endif
+    return count;
+  }
+
+  // One (batch, query, head) on the scalar geometry path: out[batch, q, head * D + d] for
+  // every d.
   void RunQuery(int64_t batch, int64_t q, int64_t head, int thread_index) const {
     const ScratchLayout& s = plan.scratch;
     char* scratch = workspace + thread_index * s.bytes;
@@ -61,87 +194,15 @@ struct ForwardKernel {
     Acc* weights = reinterpret_cast<Acc*>(scratch + s.corner_weights);          // [L * P * 4]
     Acc* acc = reinterpret_cast<Acc*>(scratch + s.row);                         // [D]
 
-    const T* value = static_cast<const T*>(prm.value) + batch * prm.value_stride[0] +
-                     head * prm.value_stride[2];  // [keys, dims] of this (batch, head).
-    const int64_t key_stride = prm.value_stride[1];
-    const int64_t dim_stride = prm.value_stride[3];
+    const T* value = ValueOf(batch, head);
+    const int64_t key_stride = KeyStride();
+    const int64_t dim_stride = DimStride();
     const L* loc = static_cast<const L*>(prm.loc) + batch * prm.loc_stride[0] +
                    q * prm.loc_stride[1] + head * prm.loc_stride[2];
     const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_stride[0] +
                     q * prm.attn_stride[1] + head * prm.attn_stride[2];
     T* out = static_cast<T*>(prm.out);
-
-    // Pass 1: geometry of every point; only in-map corners enter the list, in (level, point,
-    // corner) order.
     int64_t count = 0;
-    if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
-      if (levels != nullptr) {
-        const int64_t stride = (p.num_levels() * p.points + 63) / 64 * 64;
-        int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
-        float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
-        PointCorners(p, *levels, loc, rows, by_corner, stride, nullptr, nullptr);
-        // Fold the attention weights into the corner weights.
-        const hn::ScalableTag<float> df;
-        const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-        const int64_t points = p.num_levels() * p.points;
-        int64_t i = 0;
-        for (; i + lanes <= points; i += lanes) {
-          const auto a = LoadRow(df, attn + i);
-          for (int c = 0; c < 4; ++c) {
-            float* w = by_corner + c * stride + i;
-            hn::StoreU(hn::Mul(hn::LoadU(df, w), a), df, w);
-          }
-        }
-        for (; i < points; ++i) {
-          const float a = Load<float>(attn + i);
-          for (int c = 0; c < 4; ++c) by_corner[c * stride + i] *= a;
-        }
-        // Compaction: keep the in-map corners, corner by corner, in point order.
-        int32_t* kept_rows = reinterpret_cast<int32_t*>(offsets);  // [L * P * 4 + lanes]
-        const hn::ScalableTag<float> d;
-        const hn::RebindToSigned<decltype(d)> di;
-        const int64_t n = static_cast<int64_t>(hn::Lanes(d));
-        const int64_t num_points = p.num_levels() * p.points;
-        const auto zero_i = hn::Zero(di);
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-        // AVX-512 compresses natively; elsewhere Highway emulates it with tables, which costs
-        // more than the scalar loop below.
-        for (int c = 0; c < 4; ++c) {
-          for (int64_t i = 0; i < num_points; i += n) {
-            const auto r = hn::LoadU(di, rows + c * stride + i);
-            const auto w = hn::LoadU(d, by_corner + c * stride + i);
-            const auto keep = hn::And(hn::FirstN(di, static_cast<size_t>(num_points - i)),
-                                      hn::Not(hn::Lt(r, zero_i)));
-            hn::CompressStore(w, hn::RebindMask(d, keep), d, weights + count);
-            count += static_cast<int64_t>(hn::CompressStore(r, keep, di, kept_rows + count));
-          }
-        }
-#else
-        (void)n;
-        (void)zero_i;
-        for (int c = 0; c < 4; ++c) {
-          for (int64_t i = 0; i < num_points; ++i) {
-            // Branch-free: every slot is written, only in-map corners advance.
-            const int32_t r = rows[c * stride + i];
-            kept_rows[count] = r;
-            weights[count] = by_corner[c * stride + i];
-            count += r >= 0;
-          }
-        }
-#endif
-        if (dim_stride == 1) {
-          GatherRows<T, Acc>(value, kept_rows, key_stride, weights, count, p.dims, acc);
-        } else {
-          std::fill(acc, acc + p.dims, Acc(0));
-          for (int64_t i = 0; i < count; ++i) {
-            Axpy<T, Acc>(acc, weights[i], value + int64_t{kept_rows[i]} * key_stride, dim_stride,
-                         p.dims);
-          }
-        }
-        Write(out, batch, q, head, acc);
-        return;
-      }
-    }
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const Level& level = p.levels[l];
       const L* loc_lp = loc + l * prm.loc_stride[3];
@@ -188,21 +249,57 @@ struct ForwardKernel {
   }
 };
 
+// Head-major copy of keys [k_begin, k_end) of one batch item: copy[h][k][d] = value[b, k, h, d].
+template <typename T>
+void CopyHeadMajor(const Problem& p, const Params& prm, int64_t batch, int64_t k_begin,
+                   int64_t k_end, T* copy) {
+  const T* value = static_cast<const T*>(prm.value) + batch * prm.value_stride[0];
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      const T* src = value + k * prm.value_stride[1] + h * prm.value_stride[2];
+      T* dst = copy + (h * p.keys + k) * p.dims;
+      if (prm.value_stride[3] == 1) {
+        std::copy(src, src + p.dims, dst);
+      } else {
+        for (int64_t d = 0; d < p.dims; ++d) dst[d] = src[d * prm.value_stride[3]];
+      }
+    }
+  }
+}
+
 void RunForwardTarget(const msdaExecutor& e, void* workspace) {
   PointLevels levels;
   // The forward also reads the attention weights as vectors: contiguous over (level, point).
   const bool simd_geometry = e.params.attn_stride[4] == 1 &&
                              e.params.attn_stride[3] == e.problem.points &&
                              SimdGeometryApplies(e.problem, e.params, &levels);
+  const ForwardPlan& f = e.plan.forward;
+  char* ws = static_cast<char*>(workspace);
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
     using T = decltype(t);
     using L = decltype(l);
     using Acc = decltype(acc);
-    const ForwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan,
-                                          static_cast<char*>(workspace),
-                                          simd_geometry ? &levels : nullptr};
-    ParallelFor(e.plan.num_threads, e.plan.forward.num_tiles,
-                [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
+    if (!f.head_major) {
+      const ForwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan, ws,
+                                            simd_geometry ? &levels : nullptr, nullptr};
+      ParallelFor(e.plan.num_threads, f.num_tiles,
+                  [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
+      return;
+    }
+    // One batch item at a time: copy its value head-major, then run its tiles on the copy.
+    T* copy = reinterpret_cast<T*>(ws + f.value_copy_offset);
+    const ForwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan, ws,
+                                          simd_geometry ? &levels : nullptr, copy};
+    for (int64_t b = 0; b < e.problem.batch; ++b) {
+      ParallelFor(e.plan.num_threads, f.num_copy_blocks, [&](int64_t block, int) {
+        const int64_t k_begin = block * f.copy_block_keys;
+        CopyHeadMajor(e.problem, e.params, b, k_begin,
+                      std::min(e.problem.keys, k_begin + f.copy_block_keys), copy);
+      });
+      ParallelFor(e.plan.num_threads, f.tiles_per_batch(), [&](int64_t tile, int thread_index) {
+        kernel.RunTile(b * f.tiles_per_batch() + tile, thread_index);
+      });
+    }
   });
 }
 

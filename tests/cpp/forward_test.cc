@@ -198,6 +198,53 @@ TEST(ForwardThreads, ResultDoesNotDependOnTheThreadCount) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Head-major mode: enough queries per key that the forward copies value head-major into the
+// workspace first (plan_test.cc checks that this shape takes that mode). The copy reads the
+// caller's layout, whatever its strides.
+
+class ForwardHeadMajor : public ::testing::TestWithParam<msdaDataType> {
+ protected:
+  static MsdaTester Base() {
+    MsdaTester t;
+    t.Batch(2).Queries(1031).Heads(3).Dims(5).Points(2).LevelShapes({{9, 7}, {4, 5}, {1, 1}});
+    t.Dtype(GetParam()).LocRange(-0.2, 1.2);
+    return t;
+  }
+};
+
+TEST_P(ForwardHeadMajor, MatchesReference) { Base().TestForward(); }
+
+TEST_P(ForwardHeadMajor, ValueWithStridedEmbedDim) {
+  Base().ValueLayout(Permuted({3, 0, 1, 2}, 1, 2)).TestForward();
+}
+
+TEST_P(ForwardHeadMajor, ValueSlicedWithGapsAndOffset) {
+  Base().ValueLayout(Padded(3, 11)).TestForward();
+}
+
+TEST_P(ForwardHeadMajor, ValueBroadcastOverBatch) {
+  const Problem p = Base().problem();
+  Base().ValueLayout(Strided({0, p.heads * p.dims, p.dims, 1}, 1)).TestForward();
+}
+
+TEST_P(ForwardHeadMajor, ResultDoesNotDependOnTheThreadCount) {
+  const MsdaTester base = Base();
+  const Inputs in = base.MakeInputs();
+  const std::vector<unsigned char> one = MsdaTester(base).Threads(1).RunForward(in).out_bytes;
+  for (int threads : {2, 3, 8}) {
+    EXPECT_TRUE(MsdaTester(base).Threads(threads).RunForward(in).out_bytes == one)
+        << threads << " threads";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, ForwardHeadMajor,
+                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16,
+                                           MSDA_FLOAT64),
+                         [](const ::testing::TestParamInfo<msdaDataType>& i) {
+                           return std::string(DtypeName(i.param));
+                         });
+
+// ---------------------------------------------------------------------------------------------
 // Empty problems.
 
 TEST(ForwardEmpty, ZeroBatch) {

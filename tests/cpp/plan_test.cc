@@ -41,9 +41,58 @@ TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
       if (f.num_tiles >= threads) {
         EXPECT_EQ(plan.num_threads, threads);
       }
-      EXPECT_EQ(plan.workspace_bytes, static_cast<uint64_t>(plan.num_threads * plan.scratch.bytes));
+      uint64_t copy_bytes = 0;
+      if (f.head_major) {
+        EXPECT_EQ(f.heads_per_tile, p.heads);
+        EXPECT_GE(f.value_copy_offset, plan.num_threads * plan.scratch.bytes);
+        EXPECT_EQ(f.value_copy_offset % 64, 0);
+        EXPECT_GE(f.num_copy_blocks * f.copy_block_keys, p.keys);
+        EXPECT_LT((f.num_copy_blocks - 1) * f.copy_block_keys, p.keys);
+        copy_bytes = static_cast<uint64_t>(p.keys * p.heads * p.dims * 4);
+        EXPECT_EQ(plan.workspace_bytes, static_cast<uint64_t>(f.value_copy_offset) + copy_bytes);
+      } else {
+        EXPECT_EQ(plan.workspace_bytes,
+                  static_cast<uint64_t>(plan.num_threads * plan.scratch.bytes));
+      }
     }
   }
+}
+
+TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
+  Plan plan;
+  Problem p = Encoder();  // 64 corner rows per query, as many queries as keys.
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  EXPECT_TRUE(plan.forward.head_major);
+  EXPECT_NE(DescribePlan(p, plan).find("head_major=1"), std::string::npos);
+  p.queries = 900;  // The decoder: the copy would cost more than it saves.
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  EXPECT_FALSE(plan.forward.head_major);
+  p = Encoder();
+  p.heads = 1;  // Nothing to transpose.
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  EXPECT_FALSE(plan.forward.head_major);
+  p = Encoder();
+  p.dims = 512;  // An 80 MiB copy: over the workspace budget.
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  EXPECT_FALSE(plan.forward.head_major);
+  // The shape of ForwardHeadMajor (forward_test.cc), in every dtype.
+  for (msdaDataType dtype : {MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16, MSDA_FLOAT64}) {
+    p = Encoder();
+    p.batch = 2;
+    p.queries = 1031;
+    p.heads = 3;
+    p.dims = 5;
+    p.points = 2;
+    p.levels = {{9, 7, 0}, {4, 5, 63}, {1, 1, 83}};
+    p.keys = 84;
+    p.value_dtype = dtype;
+    ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+    EXPECT_TRUE(plan.forward.head_major) << dtype;
+  }
+  p = Encoder();
+  p.keys = int64_t{1} << 60;  // Sizes that overflow: no copy, no wrap.
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  EXPECT_FALSE(plan.forward.head_major);
 }
 
 TEST(ForwardPlan, GivesEveryThreadSeveralTilesWhenThereIsWork) {
