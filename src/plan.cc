@@ -58,6 +58,25 @@ bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scrat
 
 int64_t AccBytes(const Problem& p) { return p.value_dtype == MSDA_FLOAT64 ? 8 : 4; }
 
+constexpr int64_t kCopyBlockKeys = 1024;
+
+// Whether a pass over the queries should read a head-major copy of value (see ForwardPlan):
+// when the copy, read and written once, is small next to the gathers (each query reads
+// L * P * 4 rows per head: ask for 16 corner rows per key) and fits its budget. Sets *bytes
+// to the copy's size when it does.
+bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
+  int64_t value_bytes = ElementSize(p.value_dtype), corners = 4;
+  const bool sizes_fit = !__builtin_mul_overflow(value_bytes, p.keys, &value_bytes) &&
+                         !__builtin_mul_overflow(value_bytes, p.heads, &value_bytes) &&
+                         !__builtin_mul_overflow(value_bytes, p.dims, &value_bytes) &&
+                         !__builtin_mul_overflow(corners, p.queries, &corners) &&
+                         !__builtin_mul_overflow(corners, p.num_levels() * p.points, &corners);
+  if (!sizes_fit || p.heads < 2 || value_bytes > kHeadMajorCopyLimitBytes) return false;
+  if (corners / 16 < p.keys || p.queries < 1024) return false;
+  *bytes = value_bytes;
+  return true;
+}
+
 }  // namespace
 
 int64_t BackwardEntryBytes(int64_t acc_bytes) {
@@ -75,17 +94,8 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   // (points outside the maps cost nothing).
   ForwardPlan& f = plan->forward;
   const int64_t target_tiles = int64_t{16} * threads;
-  // Head-major (see plan.h) pays when the copy, read and written once, is small next to the
-  // gathers: each query reads L * P * 4 rows per head, so ask for 16 corner rows per key; and
-  // when the copy fits the workspace budget.
-  int64_t value_bytes = ElementSize(p.value_dtype), corners = 4;
-  const bool sizes_fit = !__builtin_mul_overflow(value_bytes, p.keys, &value_bytes) &&
-                         !__builtin_mul_overflow(value_bytes, p.heads, &value_bytes) &&
-                         !__builtin_mul_overflow(value_bytes, p.dims, &value_bytes) &&
-                         !__builtin_mul_overflow(corners, p.queries, &corners) &&
-                         !__builtin_mul_overflow(corners, p.num_levels() * p.points, &corners);
-  f.head_major = sizes_fit && p.heads > 1 && value_bytes <= kHeadMajorCopyLimitBytes &&
-                 corners / 16 >= p.keys && p.queries >= 1024;
+  int64_t value_bytes = 0;
+  f.head_major = WantsHeadMajorCopy(p, &value_bytes);
   if (f.head_major) {
     // All heads of a query together: loc, attn and out are then read and written
     // contiguously (one head at a time over a long run of queries measured slower).
@@ -93,7 +103,7 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
     f.num_head_groups = 1;
     const int64_t blocks_per_row = CeilDiv(target_tiles, p.batch);
     f.query_block = std::max<int64_t>(CeilDiv(p.queries, blocks_per_row), 256);
-    f.copy_block_keys = 1024;
+    f.copy_block_keys = kCopyBlockKeys;
     f.num_copy_blocks = CeilDiv(p.keys, f.copy_block_keys);
   } else {
     // A tile takes all heads of its queries when there is enough work: this reads whole
@@ -186,7 +196,8 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
       return false;
     }
     b.grad_rows_offset = layout.Add(b.pass_queries * channels, plan->acc_bytes);
-    b.accum_offset = layout.Add(p.keys * channels, plan->acc_bytes);
+    if (!grads.value_in_place) b.accum_offset = layout.Add(p.keys * channels, plan->acc_bytes);
+
   }
   if (layout.overflow()) return false;
   plan->workspace_bytes = static_cast<uint64_t>(layout.size());
@@ -224,7 +235,7 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
                   "  passes=%lld x %lld queries, chunks/pass=%lld x %lld queries, "
                   "key blocks=%lld x %lld rows\n"
                   "  entries: %lld x %lld B at %lld; counts at %lld; grad rows at %lld; "
-                  "accumulator at %lld\n",
+                  "accumulator at %lld (-1: in place, in grad_value)\n",
                   b.grads.value, b.grads.locations, b.grads.weights, (long long)b.num_passes,
                   (long long)b.pass_queries, (long long)b.chunks_per_pass,
                   (long long)b.chunk_queries, (long long)b.num_key_blocks,

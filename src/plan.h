@@ -22,6 +22,9 @@ struct GradientSet {
   bool value = true;
   bool locations = true;
   bool weights = true;
+  // grad_value can be its own accumulator: stored in the accumulation type (FLOAT32, FLOAT64)
+  // with rows of dims contiguous and the keys and heads dims flattening into one row index.
+  bool value_in_place = false;
 };
 
 // Forward: tiles are (batch, query block, head group), each an independent piece of output.
@@ -73,7 +76,9 @@ struct BackwardPlan {
   int64_t block_start_offset = 0;  // int64 [num_key_blocks + 1]
   int64_t entries_offset = 0;      // entry [entry_capacity]
   int64_t grad_rows_offset = 0;    // acc [pass_queries][heads][dims]: grad_output rows.
-  int64_t accum_offset = 0;        // acc [keys][heads][dims]: grad_value of a batch item.
+  // acc [keys][heads][dims]: grad_value of a batch item; none when grads.value_in_place (the
+  // kernel then zeroes grad_value and accumulates there).
+  int64_t accum_offset = -1;
 };
 
 // Per-thread scratch: the corner offsets and weights of one query's L*P points and two rows

@@ -59,7 +59,16 @@ struct BackwardKernel {
     return reinterpret_cast<Entry<Acc>*>(workspace + bp().entries_offset);
   }
   Acc* GradRows() const { return reinterpret_cast<Acc*>(workspace + bp().grad_rows_offset); }
-  Acc* Accum() const { return reinterpret_cast<Acc*>(workspace + bp().accum_offset); }
+  // The accumulator row of key row r and head h (r * heads + h == index) of batch item b:
+  // in the workspace, or grad_value itself when it is stored in the accumulation type.
+  Acc* AccumRow(int64_t b, int64_t index) const {
+    if (bp().grads.value_in_place) {
+      const int64_t* st = prm.grad_value_stride;
+      return static_cast<Acc*>(prm.grad_value) + b * st[0] +
+             index * (p.heads == 1 ? st[1] : st[2]);
+    }
+    return reinterpret_cast<Acc*>(workspace + bp().accum_offset) + index * p.dims;
+  }
 
   const L* LocAt(int64_t b, int64_t q, int64_t h, int64_t l) const {
     return static_cast<const L*>(prm.loc) + b * prm.loc_stride[0] + q * prm.loc_stride[1] +
@@ -273,29 +282,38 @@ struct BackwardKernel {
   }
 
   // Pass C: add one key block's contributions, in order, into its accumulator rows; zero
-  // them first on the first pass, write them to grad_value after the last.
+  // them first on the first pass, write them to grad_value after the last (unless they are
+  // grad_value's own rows).
   void Reduce(int64_t b, int64_t block, bool first_pass, bool last_pass) const {
     const int64_t rows = bp().key_block_rows;
     const int64_t row_begin = block * rows;
     const int64_t row_end = std::min(p.keys, row_begin + rows);
     const int64_t heads = p.heads, dims = p.dims;
-    Acc* accum = Accum() + row_begin * heads * dims;  // [rows][heads][dims]
-    // All-zero bits are 0.0 in IEEE floats; memset is the fastest way to clear the rows.
-    if (first_pass) std::memset(accum, 0, sizeof(Acc) * (row_end - row_begin) * heads * dims);
+    const int64_t first_index = row_begin * heads;  // Accumulator row of (row_begin, head 0).
+    if (first_pass) {
+      // All-zero bits are 0.0 in IEEE floats.
+      for (int64_t i = first_index; i < row_end * heads; ++i) {
+        std::memset(AccumRow(b, i), 0, sizeof(Acc) * dims);
+      }
+    }
     const Entry<Acc>* entries = Entries();
     const Acc* grad_rows = GradRows();
     const int64_t* block_start = BlockStart();
+    Acc* const accum = AccumRow(b, first_index);
+    // Accumulator rows are evenly spaced: dims apart in the workspace, a heads stride apart
+    // in grad_value.
+    const int64_t row_step = AccumRow(b, first_index + 1) - accum;
     for (int64_t i = block_start[block]; i < block_start[block + 1]; ++i) {
       const Entry<Acc>& e = entries[i];
-      AxpyRow<Acc>(accum + int64_t{e.accum_row} * dims, e.coef, grad_rows + int64_t{e.slot} * dims,
-                   dims);
+      AxpyRow<Acc>(accum + int64_t{e.accum_row} * row_step, e.coef,
+                   grad_rows + int64_t{e.slot} * dims, dims);
     }
-    if (!last_pass) return;
+    if (!last_pass || bp().grads.value_in_place) return;
     T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0];
     for (int64_t r = row_begin; r < row_end; ++r) {
       for (int64_t h = 0; h < heads; ++h) {
         T* dst = grad_value + r * prm.grad_value_stride[1] + h * prm.grad_value_stride[2];
-        const Acc* src = accum + ((r - row_begin) * heads + h) * dims;
+        const Acc* src = AccumRow(b, r * heads + h);
         if (prm.grad_value_stride[3] == 1) {
           NarrowRow<T, Acc>(src, dims, dst);
         } else {

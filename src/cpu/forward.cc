@@ -22,6 +22,7 @@
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
+#include "cpu/value_copy.h"
 #include "cpu/simd.h"
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
@@ -248,24 +249,6 @@ struct ForwardKernel {
     }
   }
 };
-
-// Head-major copy of keys [k_begin, k_end) of one batch item: copy[h][k][d] = value[b, k, h, d].
-template <typename T>
-void CopyHeadMajor(const Problem& p, const Params& prm, int64_t batch, int64_t k_begin,
-                   int64_t k_end, T* copy) {
-  const T* value = static_cast<const T*>(prm.value) + batch * prm.value_stride[0];
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    for (int64_t h = 0; h < p.heads; ++h) {
-      const T* src = value + k * prm.value_stride[1] + h * prm.value_stride[2];
-      T* dst = copy + (h * p.keys + k) * p.dims;
-      if (prm.value_stride[3] == 1) {
-        std::copy(src, src + p.dims, dst);
-      } else {
-        for (int64_t d = 0; d < p.dims; ++d) dst[d] = src[d * prm.value_stride[3]];
-      }
-    }
-  }
-}
 
 void RunForwardTarget(const msdaExecutor& e, void* workspace) {
   PointLevels levels;

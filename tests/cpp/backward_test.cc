@@ -267,6 +267,24 @@ TEST_P(BackwardLayout, GradValueStoredBatchHeadKeyDimWithGaps) {
   Base().GradValueLayout(Permuted({0, 2, 1, 3}, 1, 3)).TestBackward();
 }
 
+// FLOAT32 and FLOAT64 grad_value with contiguous dims and keys x heads flattening into one
+// row index is its own accumulator (no workspace copy); the gaps must stay untouched.
+TEST_P(BackwardLayout, GradValueAccumulatedInPlaceWithGapsBetweenHeads) {
+  const Problem p = Base().problem();
+  const int64_t row = p.dims + 3;  // Each head's row padded by 3 elements.
+  Base()
+      .GradValueLayout(Strided({p.keys() * p.heads * row + 5, p.heads * row, row, 1}, 2))
+      .TestBackward();
+}
+
+TEST_P(BackwardLayout, GradValueAccumulatedInPlaceWithOneHead) {
+  // One head: the head stride is arbitrary, the key stride gives the rows.
+  MsdaTester t = Base();
+  t.Heads(1);
+  const Problem p = t.problem();
+  t.GradValueLayout(Strided({p.keys() * (p.dims + 2) + 1, p.dims + 2, 1, 1}, 3)).TestBackward();
+}
+
 TEST_P(BackwardLayout, GradValueWithStridedEmbedDim) {
   Base().GradValueLayout(Permuted({3, 1, 0, 2}, 0, 1)).TestBackward();
 }

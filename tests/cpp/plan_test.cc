@@ -218,6 +218,19 @@ TEST(Plans, FitTheStandardShapesInto64MiB) {
   }
 }
 
+TEST(BackwardPlan, InPlaceGradValueNeedsNoAccumulator) {
+  Plan in_place, copied;
+  GradientSet grads;
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &copied));
+  grads.value_in_place = true;
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &in_place));
+  EXPECT_GE(copied.backward.accum_offset, 0);
+  EXPECT_EQ(in_place.backward.accum_offset, -1);
+  const Problem p = Encoder();
+  EXPECT_EQ(copied.workspace_bytes - in_place.workspace_bytes,
+            static_cast<uint64_t>(p.keys * p.heads * p.dims * 4));
+}
+
 TEST(Plans, ReportOverflowInsteadOfWrapping) {
   Problem p = Encoder();
   p.keys = int64_t{1} << 60;
