@@ -48,6 +48,7 @@ bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scrat
   scratch->corner_rows_by_corner = layout.Add(padded, sizeof(int32_t));
   scratch->corner_weights_by_corner = layout.Add(padded, sizeof(float));
   scratch->point_fractions = layout.Add(padded / 2, sizeof(float));
+  scratch->point_work = layout.Add(padded / 4 * kPointWorkRows, sizeof(float));
   scratch->next_rows = layout.Add(corners + 64, sizeof(int32_t));
   scratch->next_weights = layout.Add(corners + 64, sizeof(float));
   scratch->row = layout.Add(p.dims, acc_bytes);
@@ -197,6 +198,16 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
     }
     b.grad_rows_offset = layout.Add(b.pass_queries * channels, plan->acc_bytes);
     if (!grads.value_in_place) b.accum_offset = layout.Add(p.keys * channels, plan->acc_bytes);
+    // The copy only where the workspace stays within its budget (a strided or half-type
+    // grad_value needs the accumulator as well).
+    int64_t value_bytes = 0;
+    b.head_major = WantsHeadMajorCopy(p, &value_bytes) &&
+                   layout.size() + value_bytes <= kWorkspaceBudgetBytes;
+    if (b.head_major) {
+      b.value_copy_offset = layout.Add(value_bytes, 1);
+      b.copy_block_keys = kCopyBlockKeys;
+      b.num_copy_blocks = CeilDiv(p.keys, b.copy_block_keys);
+    }
 
   }
   if (layout.overflow()) return false;
@@ -235,13 +246,16 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
                   "  passes=%lld x %lld queries, chunks/pass=%lld x %lld queries, "
                   "key blocks=%lld x %lld rows\n"
                   "  entries: %lld x %lld B at %lld; counts at %lld; grad rows at %lld; "
-                  "accumulator at %lld (-1: in place, in grad_value)\n",
+                  "accumulator at %lld (-1: in place, in grad_value)\n"
+                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys)\n",
                   b.grads.value, b.grads.locations, b.grads.weights, (long long)b.num_passes,
                   (long long)b.pass_queries, (long long)b.chunks_per_pass,
                   (long long)b.chunk_queries, (long long)b.num_key_blocks,
                   (long long)b.key_block_rows, (long long)b.entry_capacity,
                   (long long)b.entry_bytes, (long long)b.entries_offset, (long long)b.counts_offset,
-                  (long long)b.grad_rows_offset, (long long)b.accum_offset);
+                  (long long)b.grad_rows_offset, (long long)b.accum_offset,
+                  b.head_major ? 1 : 0, (long long)b.value_copy_offset,
+                  (long long)b.num_copy_blocks, (long long)b.copy_block_keys);
     s += buf;
   }
   return s;

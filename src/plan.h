@@ -79,10 +79,17 @@ struct BackwardPlan {
   // acc [keys][heads][dims]: grad_value of a batch item; none when grads.value_in_place (the
   // kernel then zeroes grad_value and accumulates there).
   int64_t accum_offset = -1;
+  // Head-major value copy read by pass B, on the forward's rule (see ForwardPlan).
+  bool head_major = false;
+  int64_t value_copy_offset = 0;
+  int64_t copy_block_keys = 1;
+  int64_t num_copy_blocks = 0;
 };
 
 // Per-thread scratch: the corner offsets and weights of one query's L*P points and two rows
 // of dims in the accumulation type. Byte offsets from the thread's scratch start.
+constexpr int64_t kPointWorkRows = 12;
+
 struct ScratchLayout {
   int64_t corner_offsets = 0;  // int64 [levels * points * 4]
   int64_t corner_weights = 0;  // acc [levels * points * 4]
@@ -92,6 +99,9 @@ struct ScratchLayout {
   int64_t corner_rows_by_corner = 0;
   int64_t corner_weights_by_corner = 0;
   int64_t point_fractions = 0;  // fp32 [2][points_padded]: lh then lw of every point.
+  // The backward's per-point work rows, fp32 [kPointWorkRows][points_padded]: the corner dot
+  // products [4], corner coefficients [4], the attention weights and the three gradients.
+  int64_t point_work = 0;
   // A second compacted list, int32 key rows and fp32 weights [levels * points * 4 + 64]: the
   // forward builds the next (query, head)'s list here, and prefetches its rows, while it
   // gathers the current one.
@@ -124,6 +134,8 @@ int64_t BackwardEntryBytes(int64_t acc_bytes);
 constexpr int64_t kBackwardEntryBudgetBytes = int64_t{24} << 20;
 // The largest head-major value copy the forward makes (one batch item).
 constexpr int64_t kHeadMajorCopyLimitBytes = int64_t{48} << 20;
+// The backward adds its head-major copy only if the workspace stays within this.
+constexpr int64_t kWorkspaceBudgetBytes = int64_t{64} << 20;
 
 std::string DescribePlan(const Problem& problem, const Plan& plan);
 

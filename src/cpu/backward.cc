@@ -20,7 +20,9 @@
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
+#include "cpu/value_copy.h"
 #include "cpu/simd.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "threads.h"
 
@@ -48,8 +50,17 @@ struct BackwardKernel {
   const Plan& plan;
   char* workspace;
   const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
+  // Head-major mode: the current batch item's value copied as [heads][keys][dims], else null.
+  const T* value_copy;
 
   const BackwardPlan& bp() const { return plan.backward; }
+  // [keys, dims] of one (batch, head), and its strides.
+  const T* ValueOf(int64_t b, int64_t h) const {
+    if (value_copy != nullptr) return value_copy + h * p.keys * p.dims;
+    return static_cast<const T*>(prm.value) + b * prm.value_stride[0] + h * prm.value_stride[2];
+  }
+  int64_t KeyStride() const { return value_copy != nullptr ? p.dims : prm.value_stride[1]; }
+  int64_t DimStride() const { return value_copy != nullptr ? 1 : prm.value_stride[3]; }
   char* Scratch(int thread_index) const { return workspace + thread_index * plan.scratch.bytes; }
   int64_t* Counts() const { return reinterpret_cast<int64_t*>(workspace + bp().counts_offset); }
   int64_t* BlockStart() const {
@@ -158,10 +169,9 @@ struct BackwardKernel {
 
   void PointsOfHead(int64_t b, int64_t q, int64_t h, int64_t slot, Acc* g_row, int64_t* cursors,
                     int thread_index) const {
-    const T* value = static_cast<const T*>(prm.value) + b * prm.value_stride[0] +
-                     h * prm.value_stride[2];  // [keys, dims] of this (batch, head).
-    const int64_t key_stride = prm.value_stride[1];
-    const int64_t dim_stride = prm.value_stride[3];
+    const T* value = ValueOf(b, h);
+    const int64_t key_stride = KeyStride();
+    const int64_t dim_stride = DimStride();
     Entry<Acc>* entries = Entries();
     {
       const T* g_src = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
@@ -216,50 +226,111 @@ struct BackwardKernel {
     }
   }
 
-  // PointsOfHead with the geometry of all points from the SIMD pass: the same arithmetic,
-  // point by point, so both paths give identical bits.
+  // PointsOfHead with the geometry of all points from the SIMD pass, in three sweeps over
+  // the (query, head)'s points: the corner dot products; the point gradients, lanes over
+  // points; the grad_value contributions. Same formulas as the scalar path, and the same
+  // contribution order (point, then corner).
   void PointsOfHeadSimd(int64_t b, int64_t q, int64_t h, int64_t slot, const Acc* g_row,
                         int64_t* cursors, const T* value, int64_t key_stride, int64_t dim_stride,
                         int thread_index) const {
     const Corners k = SimdCorners(b, q, h, thread_index, true);
-    Entry<Acc>* entries = Entries();
+    const int64_t num_points = p.num_levels() * p.points;
+    const int64_t stride = k.stride;
+    float* work = reinterpret_cast<float*>(Scratch(thread_index) + plan.scratch.point_work);
+    float* dots = work;                 // [4][stride]
+    float* coefs = work + 4 * stride;   // [4][stride]
+    float* attn = work + 8 * stride;    // [stride]
+    float* grad_x = work + 9 * stride;  // [stride]
+    float* grad_y = work + 10 * stride;
+    float* grad_a = work + 11 * stride;
+
+    // 1. grad_output . corner row, 0 for corners off the map. Every row is prefetched first:
+    // the dot products' reduction chains otherwise keep few of these misses in flight.
+    const int64_t row_bytes =
+        std::min<int64_t>(p.dims * dim_stride * int64_t{sizeof(T)}, int64_t{256});
+    for (int c = 0; c < 4; ++c) {
+      for (int64_t i = 0; i < num_points; ++i) {
+        const int32_t r = k.rows[c * stride + i];
+        if (r < 0) continue;
+        const char* row = reinterpret_cast<const char*>(value + int64_t{r} * key_stride);
+        for (int64_t o = 0; o < row_bytes; o += 64) hwy::Prefetch(row + o);
+      }
+    }
+    for (int c = 0; c < 4; ++c) {
+      const int32_t* rows = k.rows + c * stride;
+      for (int64_t i = 0; i < num_points; ++i) {
+        float dot = 0;
+        if (rows[i] >= 0) {
+          const T* row = value + int64_t{rows[i]} * key_stride;
+          dot = dim_stride == 1 ? DotRow<T, Acc>(g_row, row, p.dims)
+                                : Dot<T, Acc>(g_row, row, dim_stride, p.dims);
+        }
+        dots[c * stride + i] = dot;
+      }
+    }
     for (int64_t l = 0; l < p.num_levels(); ++l) {
-      const Level& level = p.levels[l];
-      const T* attn = AttnAt(b, q, h, l);
+      const T* a = AttnAt(b, q, h, l);
+      for (int64_t pt = 0; pt < p.points; ++pt) {
+        attn[l * p.points + pt] = Load<float>(a + pt * prm.attn_stride[4]);
+      }
+    }
+
+    // 2. Point gradients and corner coefficients, lanes over points. Points outside the gate
+    // (all four rows -1) get zero gradients, whatever their attention weight.
+    const hn::ScalableTag<float> d;
+    const hn::RebindToSigned<decltype(d)> di;
+    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+    const auto one = hn::Set(d, 1.0f);
+    for (int64_t i = 0; i < num_points; i += n) {  // Rows are padded to whole vectors.
+      const auto all_rows =
+          hn::And(hn::And(hn::LoadU(di, k.rows + i), hn::LoadU(di, k.rows + stride + i)),
+                  hn::And(hn::LoadU(di, k.rows + 2 * stride + i),
+                          hn::LoadU(di, k.rows + 3 * stride + i)));
+      const auto inside = hn::RebindMask(d, hn::Not(hn::Lt(all_rows, hn::Zero(di))));
+      const auto a = hn::LoadU(d, attn + i);
+      const auto w0 = hn::LoadU(d, k.weights + i), w1 = hn::LoadU(d, k.weights + stride + i);
+      const auto w2 = hn::LoadU(d, k.weights + 2 * stride + i);
+      const auto w3 = hn::LoadU(d, k.weights + 3 * stride + i);
+      const auto d0 = hn::LoadU(d, dots + i), d1 = hn::LoadU(d, dots + stride + i);
+      const auto d2 = hn::LoadU(d, dots + 2 * stride + i);
+      const auto d3 = hn::LoadU(d, dots + 3 * stride + i);
+      const auto lh = hn::LoadU(d, k.lh + i), lw = hn::LoadU(d, k.lw + i);
+      const auto hh = hn::Sub(one, lh), hw = hn::Sub(one, lw);
+      const auto ga = hn::Add(hn::Add(hn::Add(hn::Mul(w0, d0), hn::Mul(w1, d1)), hn::Mul(w2, d2)),
+                              hn::Mul(w3, d3));
+      const auto gx = hn::Mul(
+          hn::Mul(hn::LoadU(d, levels->width.data() + i), a),
+          hn::Add(hn::Mul(hh, hn::Sub(d1, d0)), hn::Mul(lh, hn::Sub(d3, d2))));
+      const auto gy = hn::Mul(
+          hn::Mul(hn::LoadU(d, levels->height.data() + i), a),
+          hn::Add(hn::Mul(hw, hn::Sub(d2, d0)), hn::Mul(lw, hn::Sub(d3, d1))));
+      hn::StoreU(hn::IfThenElseZero(inside, ga), d, grad_a + i);
+      hn::StoreU(hn::IfThenElseZero(inside, gx), d, grad_x + i);
+      hn::StoreU(hn::IfThenElseZero(inside, gy), d, grad_y + i);
+      hn::StoreU(hn::Mul(w0, a), d, coefs + i);
+      hn::StoreU(hn::Mul(w1, a), d, coefs + stride + i);
+      hn::StoreU(hn::Mul(w2, a), d, coefs + 2 * stride + i);
+      hn::StoreU(hn::Mul(w3, a), d, coefs + 3 * stride + i);
+    }
+    for (int64_t l = 0; l < p.num_levels(); ++l) {
       for (int64_t pt = 0; pt < p.points; ++pt) {
         const int64_t i = l * p.points + pt;
-        const int32_t rows[4] = {k.rows[i], k.rows[k.stride + i], k.rows[2 * k.stride + i],
-                                 k.rows[3 * k.stride + i]};
-        Acc grad_x = 0, grad_y = 0, grad_a = 0;
-        // A point inside the gate always has an in-map corner, and one outside has none; the
-        // AND of the rows is negative exactly when all of them are -1.
-        if ((rows[0] & rows[1] & rows[2] & rows[3]) >= 0) {
-          const Acc a = Load<Acc>(attn + pt * prm.attn_stride[4]);
-          const Acc w[4] = {k.weights[i], k.weights[k.stride + i], k.weights[2 * k.stride + i],
-                            k.weights[3 * k.stride + i]};
-          Acc dot[4] = {0, 0, 0, 0};
-          for (int c = 0; c < 4; ++c) {
-            if (rows[c] < 0) continue;
-            const T* row = value + int64_t{rows[c]} * key_stride;
-            dot[c] = dim_stride == 1 ? DotRow<T, Acc>(g_row, row, p.dims)
-                                     : Dot<T, Acc>(g_row, row, dim_stride, p.dims);
-            if (cursors != nullptr) {
-              const int64_t block = rows[c] >> bp().key_block_shift;
-              const int64_t row_in_block = rows[c] - (block << bp().key_block_shift);
-              entries[cursors[block]++] =
-                  Entry<Acc>{static_cast<int32_t>(row_in_block * p.heads + h),
-                             static_cast<int32_t>(slot), w[c] * a};
-            }
-          }
-          const Acc lh = k.lh[i], lw = k.lw[i];
-          const Acc hh = Acc(1) - lh, hw = Acc(1) - lw;
-          grad_a = w[0] * dot[0] + w[1] * dot[1] + w[2] * dot[2] + w[3] * dot[3];
-          grad_x =
-              static_cast<Acc>(level.width) * a * (hh * (dot[1] - dot[0]) + lh * (dot[3] - dot[2]));
-          grad_y = static_cast<Acc>(level.height) * a *
-                   (hw * (dot[2] - dot[0]) + lw * (dot[3] - dot[1]));
-        }
-        StorePointGradients(b, q, h, l, pt, grad_x, grad_y, grad_a);
+        StorePointGradients(b, q, h, l, pt, grad_x[i], grad_y[i], grad_a[i]);
+      }
+    }
+
+    // 3. grad_value contributions of the in-map corners, at the counting sort's cursors.
+    if (cursors == nullptr) return;
+    Entry<Acc>* entries = Entries();
+    const int shift = static_cast<int>(bp().key_block_shift);
+    for (int64_t i = 0; i < num_points; ++i) {
+      for (int c = 0; c < 4; ++c) {
+        const int32_t row = k.rows[c * stride + i];
+        if (row < 0) continue;
+        const int64_t block = row >> shift;
+        const int64_t row_in_block = row - (block << shift);
+        entries[cursors[block]++] = Entry<Acc>{static_cast<int32_t>(row_in_block * p.heads + h),
+                                               static_cast<int32_t>(slot), coefs[c * stride + i]};
       }
     }
   }
@@ -328,6 +399,14 @@ struct BackwardKernel {
     const int threads = plan.num_threads;
     const int64_t blocks = plan_b.num_key_blocks;
     for (int64_t b = 0; b < p.batch; ++b) {
+      if (value_copy != nullptr) {
+        T* copy = const_cast<T*>(value_copy);
+        ParallelFor(threads, plan_b.num_copy_blocks, [&](int64_t block, int) {
+          const int64_t k_begin = block * plan_b.copy_block_keys;
+          CopyHeadMajor(p, prm, b, k_begin, std::min(p.keys, k_begin + plan_b.copy_block_keys),
+                        copy);
+        });
+      }
       {
         for (int64_t pass = 0; pass < plan_b.num_passes; ++pass) {
           const int64_t pass_begin = std::min(p.queries, pass * plan_b.pass_queries);
@@ -391,9 +470,11 @@ void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
     using T = decltype(t);
     using L = decltype(l);
     using Acc = decltype(acc);
-    const BackwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan,
-                                           static_cast<char*>(workspace),
-                                           simd_geometry ? &levels : nullptr};
+    char* ws = static_cast<char*>(workspace);
+    const bool copy = grads.value && e.plan.backward.head_major;
+    const BackwardKernel<T, L, Acc> kernel{
+        e.problem, e.params, e.plan, ws, simd_geometry ? &levels : nullptr,
+        copy ? reinterpret_cast<const T*>(ws + e.plan.backward.value_copy_offset) : nullptr};
     if (grads.value) {
       kernel.RunWithValueGradient();
     } else {

@@ -534,6 +534,39 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardDeterminism,
                            return std::string(DtypeName(i.param));
                          });
 
+// Head-major mode: enough queries per key that pass B reads a head-major copy of value
+// (plan_test.cc checks the forward's rule, which the backward shares). FLOAT32 and FLOAT64
+// also accumulate grad_value in place here; the half types go through the workspace.
+class BackwardHeadMajor : public ::testing::TestWithParam<msdaDataType> {
+ protected:
+  static MsdaTester Base() {
+    MsdaTester t;
+    t.Batch(2).Queries(1031).Heads(3).Dims(5).Points(2).LevelShapes({{9, 7}, {4, 5}, {1, 1}});
+    t.Dtype(GetParam()).LocRange(-0.2, 1.2);
+    return t;
+  }
+};
+
+TEST_P(BackwardHeadMajor, MatchesReference) { Base().TestBackward(); }
+
+TEST_P(BackwardHeadMajor, ValueWithStridedEmbedDimAndGradValueWithGaps) {
+  const Problem p = Base().problem();
+  const int64_t row = p.dims + 1;
+  Base()
+      .ValueLayout(Permuted({3, 0, 1, 2}, 1, 2))
+      .GradValueLayout(Strided({p.keys() * p.heads * row, p.heads * row, row, 1}, 1))
+      .TestBackward();
+}
+
+TEST_P(BackwardHeadMajor, ResultDoesNotDependOnTheThreadCount) { ExpectDeterministic(Base(), 1); }
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardHeadMajor,
+                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16,
+                                           MSDA_FLOAT64),
+                         [](const ::testing::TestParamInfo<msdaDataType>& i) {
+                           return std::string(DtypeName(i.param));
+                         });
+
 TEST(BackwardTolerance, CatchesAMisplacedContribution) {
   // The comparison is tight enough to see one contribution land on the wrong key.
   MsdaTester t;

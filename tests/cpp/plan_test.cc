@@ -88,6 +88,8 @@ TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
     p.value_dtype = dtype;
     ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
     EXPECT_TRUE(plan.forward.head_major) << dtype;
+    ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));  // BackwardHeadMajor.
+    EXPECT_TRUE(plan.backward.head_major) << dtype;
   }
   p = Encoder();
   p.keys = int64_t{1} << 60;  // Sizes that overflow: no copy, no wrap.
@@ -209,13 +211,27 @@ TEST(Plans, FitTheStandardShapesInto64MiB) {
   deep.points = 8;
   deep.levels = {{64, 64, 0}};
   deep.keys = 4096;
-  for (const Problem& p : {Encoder(), decoder, wide, deep}) {
-    Plan f, b;
-    ASSERT_TRUE(MakeForwardPlan(p, Machine{16}, &f));
-    ASSERT_TRUE(MakeBackwardPlan(p, Machine{16}, GradientSet{}, &b));
-    EXPECT_LE(f.workspace_bytes, uint64_t{64} << 20);
-    EXPECT_LE(b.workspace_bytes, uint64_t{64} << 20);
+  for (Problem p : {Encoder(), decoder, wide, deep}) {
+    for (msdaDataType dtype : {MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16}) {
+      p.value_dtype = dtype;
+      Plan f, b;
+      ASSERT_TRUE(MakeForwardPlan(p, Machine{16}, &f));
+      EXPECT_LE(f.workspace_bytes, uint64_t{64} << 20);
+      for (bool in_place : {false, true}) {
+        GradientSet grads;
+        grads.value_in_place = in_place;
+        ASSERT_TRUE(MakeBackwardPlan(p, Machine{16}, grads, &b));
+        EXPECT_LE(b.workspace_bytes, uint64_t{64} << 20) << dtype << " " << in_place;
+      }
+    }
   }
+  // The encoder takes the head-major copy in both directions when its grad_value is its own
+  // accumulator (fp32, contiguous).
+  Plan b;
+  GradientSet grads;
+  grads.value_in_place = true;
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &b));
+  EXPECT_TRUE(b.backward.head_major);
 }
 
 TEST(BackwardPlan, InPlaceGradValueNeedsNoAccumulator) {
@@ -227,8 +243,10 @@ TEST(BackwardPlan, InPlaceGradValueNeedsNoAccumulator) {
   EXPECT_GE(copied.backward.accum_offset, 0);
   EXPECT_EQ(in_place.backward.accum_offset, -1);
   const Problem p = Encoder();
-  EXPECT_EQ(copied.workspace_bytes - in_place.workspace_bytes,
-            static_cast<uint64_t>(p.keys * p.heads * p.dims * 4));
+  const int64_t value_bytes = p.keys * p.heads * p.dims * 4;  // Accumulator or copy.
+  const int64_t copies = int64_t{in_place.backward.head_major} - copied.backward.head_major;
+  EXPECT_EQ(static_cast<int64_t>(copied.workspace_bytes - in_place.workspace_bytes),
+            value_bytes - copies * value_bytes);
 }
 
 TEST(Plans, ReportOverflowInsteadOfWrapping) {
