@@ -4,7 +4,7 @@
 // run; one thread against all threads. Never a timed test: run it by hand (see README).
 //
 //   bench_msda [--repeats N] [--shapes encoder,decoder,...] [--threads N] [--markdown FILE]
-//              [--uniform]
+//              [--uniform] [--vs-scalar] [--vs-no-prefetch]
 #include <msda/msda.h>
 
 #include <algorithm>
@@ -270,7 +270,7 @@ int main(int argc, char** argv) {
   int all_threads = static_cast<int>(std::thread::hardware_concurrency());
   std::string only, markdown;
   bool uniform_locations = false;
-  bool vs_scalar = false, child_times = false;
+  bool vs_scalar = false, vs_no_prefetch = false, child_times = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -286,12 +286,14 @@ int main(int argc, char** argv) {
       uniform_locations = true;
     else if (arg == "--vs-scalar")
       vs_scalar = true;
+    else if (arg == "--vs-no-prefetch")
+      vs_no_prefetch = true;
     else if (arg == "--child-times")
       child_times = true;
     else {
       std::printf(
           "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n"
-          "          [--vs-scalar]\n",
+          "          [--vs-scalar] [--vs-no-prefetch]\n",
           argv[0]);
       return arg == "--help" ? 0 : 2;
     }
@@ -323,30 +325,34 @@ int main(int argc, char** argv) {
 
   std::string table =
       "| shape | pass | threads | median ms | GB/s | GFLOP/s | roofline ms | x roofline | "
-      "speedup vs 1 thread | workspace MiB | scalar ms | SIMD speedup |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+      "speedup vs 1 thread | workspace MiB | scalar ms | SIMD speedup | no-prefetch ms | "
+      "prefetch speedup |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Shape& shape : shapes) {
     if (!only.empty() && only.find("," + shape.name + ",") == std::string::npos) continue;
     Case c = MakeCase(shape, uniform_locations);
     const Timing one = TimeCase(c, 1, repeats);
     const Timing all = TimeCase(c, all_threads, repeats);
-    // The same shape on the scalar target, in a child process (the target is chosen once per
-    // process), right after the SIMD timings.
-    double scalar[4] = {0, 0, 0, 0};  // 1-thread fwd, bwd; all-thread fwd, bwd.
-    if (vs_scalar) {
-      const std::string command = "MSDA_SIMD_TARGET=SCALAR '" + std::string(argv[0]) +
+    // The same shape on the scalar target, and without software prefetch, each in a child
+    // process (both are chosen once per process), right after these timings.
+    // Each: 1-thread fwd, bwd; all-thread fwd, bwd.
+    double scalar[4] = {0, 0, 0, 0}, no_prefetch[4] = {0, 0, 0, 0};
+    auto child_times = [&](const char* env, double* out) {
+      const std::string command = std::string(env) + " '" + std::string(argv[0]) +
                                   "' --child-times --shapes " + shape.name + " --threads " +
                                   std::to_string(all_threads) + " --repeats " +
                                   std::to_string(repeats) + (uniform_locations ? " --uniform" : "");
       if (FILE* child = popen(command.c_str(), "r")) {
         char name[64];
-        if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &scalar[0], &scalar[1], &scalar[2],
-                        &scalar[3]) != 5) {
-          std::fill(scalar, scalar + 4, 0.0);
+        if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &out[0], &out[1], &out[2],
+                        &out[3]) != 5) {
+          std::fill(out, out + 4, 0.0);
         }
         pclose(child);
       }
-    }
+    };
+    if (vs_scalar) child_times("MSDA_SIMD_TARGET=SCALAR", scalar);
+    if (vs_no_prefetch) child_times("MSDA_PREFETCH=0", no_prefetch);
     for (int pass = 0; pass < 2; ++pass) {
       const double bytes = pass == 0 ? ForwardBytes(c) : BackwardBytes(c);
       const double flops = pass == 0 ? ForwardFlops(c) : BackwardFlops(c);
@@ -358,18 +364,24 @@ int main(int argc, char** argv) {
         const double roofline = std::max(bytes / bw, flops / fma);
         const double speedup = (pass == 0 ? one.forward_s : one.backward_s) / seconds;
         const uint64_t ws = pass == 0 ? t.forward_ws : t.backward_ws;
-        const double scalar_s = scalar[2 * k + pass];
-        char scalar_cells[64] = "| - | - |";
-        if (scalar_s > 0) {
-          std::snprintf(scalar_cells, sizeof(scalar_cells), "| %.2f | %.2f |", scalar_s * 1e3,
-                        scalar_s / seconds);
-        }
+        // "| ms | ratio" cells of a child run, or dashes.
+        auto cells = [&](const double* child, char* buf, size_t size) {
+          const double s = child[2 * k + pass];
+          if (s > 0) {
+            std::snprintf(buf, size, "| %.2f | %.2f ", s * 1e3, s / seconds);
+          } else {
+            std::snprintf(buf, size, "| - | - ");
+          }
+        };
+        char scalar_cells[64], prefetch_cells[64];
+        cells(scalar, scalar_cells, sizeof(scalar_cells));
+        cells(no_prefetch, prefetch_cells, sizeof(prefetch_cells));
         char row[640];
         std::snprintf(row, sizeof(row),
-                      "| %s | %s | %d | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f %s\n",
+                      "| %s | %s | %d | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f %s%s|\n",
                       shape.name.c_str(), pass == 0 ? "forward" : "backward", threads,
                       seconds * 1e3, bytes / seconds / 1e9, flops / seconds / 1e9, roofline * 1e3,
-                      seconds / roofline, speedup, ws / 1048576.0, scalar_cells);
+                      seconds / roofline, speedup, ws / 1048576.0, scalar_cells, prefetch_cells);
         table += row;
       }
     }

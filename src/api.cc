@@ -1,6 +1,7 @@
 // The C entry points: validate -> plan -> executor at GetWorkspaceSize; check -> run at the
 // run call. Everything device-specific sits behind RunForward / RunBackward (src/cpu/).
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -19,6 +20,16 @@
 
 namespace msda {
 namespace {
+
+// The planner's view of the machine: the thread count for this call, and MSDA_PREFETCH
+// (read once; "0" turns the kernels' software prefetch off, for measuring what it buys).
+msda::Machine ThisMachine() {
+  static const bool prefetch = [] {
+    const char* env = std::getenv("MSDA_PREFETCH");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return msda::Machine{msda::ResolveNumThreads(), prefetch};
+}
 
 thread_local std::string tls_error;
 
@@ -244,7 +255,7 @@ msdaStatus msdaForwardGetWorkspaceSize(const msdaTensor* value, const msdaTensor
     msdaStatus status = msda::ValidateForward(call, &problem, &params);
     if (status != MSDA_SUCCESS) return status;
     msda::Plan plan;
-    if (!msda::MakeForwardPlan(problem, msda::Machine{msda::ResolveNumThreads()}, &plan)) {
+    if (!msda::MakeForwardPlan(problem, msda::ThisMachine(), &plan)) {
       return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: the workspace size overflows int64");
     }
     return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);
@@ -287,7 +298,7 @@ msdaStatus msdaBackwardGetWorkspaceSize(
     msdaStatus status = msda::ValidateBackward(call, &problem, &params, &grads);
     if (status != MSDA_SUCCESS) return status;
     msda::Plan plan;
-    if (!msda::MakeBackwardPlan(problem, msda::Machine{msda::ResolveNumThreads()}, grads, &plan)) {
+    if (!msda::MakeBackwardPlan(problem, msda::ThisMachine(), grads, &plan)) {
       return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: the workspace size overflows int64");
     }
     return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);

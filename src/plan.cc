@@ -88,6 +88,7 @@ int64_t BackwardEntryBytes(int64_t acc_bytes) {
 bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   *plan = Plan();
   plan->direction = Direction::kForward;
+  plan->prefetch = machine.prefetch;
   plan->acc_bytes = AccBytes(p);
   const int threads = std::max(1, machine.num_threads);
 
@@ -117,6 +118,7 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
     f.query_block =
         std::clamp<int64_t>(CeilDiv(std::max<int64_t>(p.queries, 1), blocks_per_row), 1, 256);
   }
+  f.prefetch_rows = machine.prefetch && !f.head_major;
   f.num_query_blocks = CeilDiv(p.queries, f.query_block);
   f.num_tiles = p.batch * f.num_head_groups * f.num_query_blocks;
   plan->num_threads =
@@ -135,6 +137,7 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
                       Plan* plan) {
   *plan = Plan();
   plan->direction = Direction::kBackward;
+  plan->prefetch = machine.prefetch;
   plan->acc_bytes = AccBytes(p);
   const int threads = std::max(1, machine.num_threads);
   BackwardPlan& b = plan->backward;
@@ -220,12 +223,12 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
   std::string s;
   std::snprintf(buf, sizeof(buf),
                 "msda %s plan: batch=%lld keys=%lld heads=%lld dims=%lld queries=%lld "
-                "levels=%lld points=%lld\n  threads=%d acc_bytes=%lld scratch/thread=%lld B "
-                "workspace=%llu B\n",
+                "levels=%lld points=%lld\n  threads=%d prefetch=%d acc_bytes=%lld "
+                "scratch/thread=%lld B workspace=%llu B\n",
                 plan.direction == Direction::kForward ? "forward" : "backward", (long long)p.batch,
                 (long long)p.keys, (long long)p.heads, (long long)p.dims, (long long)p.queries,
                 (long long)p.num_levels(), (long long)p.points, plan.num_threads,
-                (long long)plan.acc_bytes, (long long)plan.scratch.bytes,
+                plan.prefetch ? 1 : 0, (long long)plan.acc_bytes, (long long)plan.scratch.bytes,
                 (unsigned long long)plan.workspace_bytes);
   s += buf;
   if (plan.direction == Direction::kForward) {
@@ -233,11 +236,12 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
     std::snprintf(buf, sizeof(buf),
                   "  tiles=(batch, head group, query block): query_block=%lld blocks=%lld "
                   "heads_per_tile=%lld tiles=%lld\n"
-                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys)\n",
+                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys) "
+                  "prefetch_rows=%d\n",
                   (long long)f.query_block, (long long)f.num_query_blocks,
                   (long long)f.heads_per_tile, (long long)f.num_tiles, f.head_major ? 1 : 0,
                   (long long)f.value_copy_offset, (long long)f.num_copy_blocks,
-                  (long long)f.copy_block_keys);
+                  (long long)f.copy_block_keys, f.prefetch_rows ? 1 : 0);
     s += buf;
   } else {
     const BackwardPlan& b = plan.backward;

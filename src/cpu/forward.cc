@@ -95,7 +95,9 @@ struct ForwardKernel {
       if (i + 1 < items) {
         const int64_t q1 = q_begin + (i + 1) / heads, head1 = h_begin + (i + 1) % heads;
         next_count = BuildCornerList(batch, q1, head1, scratch, rows[1 - cur], weights[1 - cur]);
-        PrefetchRows(ValueOf(batch, head1), rows[1 - cur], next_count, key_stride);
+        if (plan.forward.prefetch_rows) {
+          PrefetchRows(ValueOf(batch, head1), rows[1 - cur], next_count, key_stride);
+        }
       }
       const T* value = ValueOf(batch, head);
       if (dim_stride == 1) {

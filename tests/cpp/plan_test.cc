@@ -58,6 +58,24 @@ TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
   }
 }
 
+TEST(Plans, PrefetchFollowsTheMachineAndTheForwardSkipsItOnTheHeadMajorCopy) {
+  Plan plan;
+  Problem p = Encoder();
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, true}, &plan));
+  EXPECT_TRUE(plan.prefetch);
+  EXPECT_TRUE(plan.forward.head_major);
+  EXPECT_FALSE(plan.forward.prefetch_rows);
+  p.queries = 900;
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, true}, &plan));
+  EXPECT_TRUE(plan.forward.prefetch_rows);
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, false}, &plan));
+  EXPECT_FALSE(plan.prefetch);
+  EXPECT_FALSE(plan.forward.prefetch_rows);
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2, false}, GradientSet{}, &plan));
+  EXPECT_FALSE(plan.prefetch);
+  EXPECT_NE(DescribePlan(p, plan).find("prefetch=0"), std::string::npos);
+}
+
 TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
   Plan plan;
   Problem p = Encoder();  // 64 corner rows per query, as many queries as keys.
