@@ -81,8 +81,9 @@ bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
 }  // namespace
 
 int64_t BackwardEntryBytes(int64_t acc_bytes) {
-  // int32 row within the key block, int32 query within the pass, and the coefficient.
-  return acc_bytes == 8 ? 16 : 12;
+  // int32 row within the key block, int32 query within the pass, and two coefficients (a
+  // horizontal corner pair).
+  return acc_bytes == 8 ? 24 : 16;
 }
 
 bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {

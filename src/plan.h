@@ -59,11 +59,12 @@ struct ForwardPlan {
 // that does not depend on the thread count, so that results are bitwise reproducible:
 //   for each batch item and each pass over a range of queries (all heads of each query):
 //   A. count, per chunk of queries, the corner contributions that fall into each key block;
-//   B. per chunk: compute location and weight gradients, and write each corner contribution
-//      (key row, query and head, coefficient) at a position fixed by the counts (a counting
-//      sort);
+//   B. per chunk: compute location and weight gradients, and write each contribution (key
+//      row, query and head, coefficients; one entry for a horizontal pair of corners in one
+//      key block) at a position fixed by the counts (a counting sort);
 //   C. per key block: add the contributions, in query order, into an fp32 (fp64 for FLOAT64)
-//      accumulator of the block's rows; after the last pass write them to grad_value.
+//      accumulator of the block's rows (grad_value itself when it is stored in that type);
+//      after the last pass write them to grad_value.
 // Chunk, pass and block sizes depend only on the problem, never on the thread count.
 struct BackwardPlan {
   GradientSet grads;

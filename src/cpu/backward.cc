@@ -31,17 +31,21 @@ namespace msda {
 namespace cpu {
 namespace HWY_NAMESPACE {
 
-// One corner contribution: accumulator row (key row in the block * heads + head) +=
-// coef * grad_output row slot (query in pass * heads + head). Both indices are precomputed so
-// that the reduction does no division.
+// One contribution of a point to grad_value: accumulator row (key row in the block * heads +
+// head) += coef[0] * grad_output row slot (query in pass * heads + head), and, for a pair
+// entry, the next key's row (accumulator row + heads) += coef[1] * the same grad_output row.
+// A point's two horizontal corner pairs (x0, x1) are neighbouring keys, so one entry carries
+// both when both are on the map and in one key block: half the entries, and pass C loads each
+// grad_output row once for two accumulator rows. Single-corner entries store ~slot (< 0).
+// Indices are precomputed so that the reduction does no division.
 template <typename Acc>
 struct Entry {
   int32_t accum_row;
   int32_t slot;
-  Acc coef;
+  Acc coef[2];
 };
-static_assert(sizeof(Entry<float>) == 12, "BackwardEntryBytes assumes 12-byte fp32 entries");
-static_assert(sizeof(Entry<double>) == 16, "BackwardEntryBytes assumes 16-byte fp64 entries");
+static_assert(sizeof(Entry<float>) == 16, "BackwardEntryBytes assumes 16-byte fp32 entries");
+static_assert(sizeof(Entry<double>) == 24, "BackwardEntryBytes assumes 24-byte fp64 entries");
 
 template <typename T, typename L, typename Acc>
 struct BackwardKernel {
@@ -116,6 +120,39 @@ struct BackwardKernel {
     return k;
   }
 
+  // The entries of one horizontal corner pair (rows -1 when off the map), as PairEntries
+  // writes them: one pair entry when both corners are on the map and in one key block, else
+  // one single entry per corner on the map.
+  void CountPair(int64_t left, int64_t right, int64_t* counts) const {
+    const int shift = static_cast<int>(bp().key_block_shift);
+    if (left >= 0 && right >= 0 && (left >> shift) == (right >> shift)) {
+      ++counts[left >> shift];
+      return;
+    }
+    if (left >= 0) ++counts[left >> shift];
+    if (right >= 0) ++counts[right >> shift];
+  }
+  void WritePair(int64_t left, int64_t right, Acc coef_left, Acc coef_right, int64_t h,
+                 int64_t slot, int64_t* cursors, Entry<Acc>* entries) const {
+    const int shift = static_cast<int>(bp().key_block_shift);
+    auto accum_row = [&](int64_t row) {
+      return static_cast<int32_t>((row - ((row >> shift) << shift)) * p.heads + h);
+    };
+    if (left >= 0 && right >= 0 && (left >> shift) == (right >> shift)) {
+      entries[cursors[left >> shift]++] =
+          Entry<Acc>{accum_row(left), static_cast<int32_t>(slot), {coef_left, coef_right}};
+      return;
+    }
+    const int32_t single = ~static_cast<int32_t>(slot);
+    if (left >= 0) {
+      entries[cursors[left >> shift]++] = Entry<Acc>{accum_row(left), single, {coef_left, Acc(0)}};
+    }
+    if (right >= 0) {
+      entries[cursors[right >> shift]++] =
+          Entry<Acc>{accum_row(right), single, {coef_right, Acc(0)}};
+    }
+  }
+
   // Pass A: per key block, how many contributions the chunk's queries make.
   void Count(int64_t b, int64_t q_begin, int64_t q_end, int64_t* counts, int thread_index) const {
     std::fill(counts, counts + bp().num_key_blocks, int64_t{0});
@@ -125,10 +162,11 @@ struct BackwardKernel {
         for (int64_t q = q_begin; q < q_end; ++q) {
           for (int64_t h = 0; h < p.heads; ++h) {
             const Corners k = SimdCorners(b, q, h, thread_index, false);
-            for (int c = 0; c < 4; ++c) {
-              const int32_t* rows = k.rows + c * k.stride;
+            for (int pair = 0; pair < 2; ++pair) {  // Corners (0, 1), then (2, 3).
+              const int32_t* left = k.rows + 2 * pair * k.stride;
+              const int32_t* right = left + k.stride;
               for (int64_t i = 0; i < num_points; ++i) {
-                if (rows[i] >= 0) ++counts[rows[i] >> bp().key_block_shift];
+                CountPair(left[i], right[i], counts);
               }
             }
           }
@@ -142,9 +180,8 @@ struct BackwardKernel {
           for (int64_t pt = 0; pt < p.points; ++pt) {
             const PointGeometry<Acc> g = Point(b, q, h, l, pt);
             if (!g.inside) continue;
-            for (int c = 0; c < 4; ++c) {
-              if (g.row[c] >= 0) ++counts[g.row[c] >> bp().key_block_shift];
-            }
+            CountPair(g.row[0], g.row[1], counts);
+            CountPair(g.row[2], g.row[3], counts);
           }
         }
       }
@@ -204,13 +241,12 @@ struct BackwardKernel {
               const T* row = value + g.row[c] * key_stride;
               dot[c] = dim_stride == 1 ? DotRow<T, Acc>(g_row, row, p.dims)
                                        : Dot<T, Acc>(g_row, row, dim_stride, p.dims);
-              if (cursors != nullptr) {
-                const int64_t block = g.row[c] >> bp().key_block_shift;
-                const int64_t row_in_block = g.row[c] - (block << bp().key_block_shift);
-                entries[cursors[block]++] =
-                    Entry<Acc>{static_cast<int32_t>(row_in_block * p.heads + h),
-                               static_cast<int32_t>(slot), g.weight[c] * a};
-              }
+            }
+            if (cursors != nullptr) {
+              WritePair(g.row[0], g.row[1], g.weight[0] * a, g.weight[1] * a, h, slot, cursors,
+                        entries);
+              WritePair(g.row[2], g.row[3], g.weight[2] * a, g.weight[3] * a, h, slot, cursors,
+                        entries);
             }
             const Acc hh = Acc(1) - g.lh, hw = Acc(1) - g.lw;
             grad_a = g.weight[0] * dot[0] + g.weight[1] * dot[1] + g.weight[2] * dot[2] +
@@ -322,15 +358,11 @@ struct BackwardKernel {
     // 3. grad_value contributions of the in-map corners, at the counting sort's cursors.
     if (cursors == nullptr) return;
     Entry<Acc>* entries = Entries();
-    const int shift = static_cast<int>(bp().key_block_shift);
     for (int64_t i = 0; i < num_points; ++i) {
-      for (int c = 0; c < 4; ++c) {
-        const int32_t row = k.rows[c * stride + i];
-        if (row < 0) continue;
-        const int64_t block = row >> shift;
-        const int64_t row_in_block = row - (block << shift);
-        entries[cursors[block]++] = Entry<Acc>{static_cast<int32_t>(row_in_block * p.heads + h),
-                                               static_cast<int32_t>(slot), coefs[c * stride + i]};
+      for (int pair = 0; pair < 2; ++pair) {
+        const int64_t at = 2 * pair * stride + i;
+        WritePair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot,
+                  cursors, entries);
       }
     }
   }
@@ -374,10 +406,16 @@ struct BackwardKernel {
     // Accumulator rows are evenly spaced: dims apart in the workspace, a heads stride apart
     // in grad_value.
     const int64_t row_step = AccumRow(b, first_index + 1) - accum;
+    const int64_t pair_step = heads * row_step;  // From a key's row to the next key's.
     for (int64_t i = block_start[block]; i < block_start[block + 1]; ++i) {
       const Entry<Acc>& e = entries[i];
-      AxpyRow<Acc>(accum + int64_t{e.accum_row} * row_step, e.coef,
-                   grad_rows + int64_t{e.slot} * dims, dims);
+      Acc* row = accum + int64_t{e.accum_row} * row_step;
+      if (e.slot >= 0) {
+        AxpyRowPair<Acc>(row, e.coef[0], row + pair_step, e.coef[1],
+                         grad_rows + int64_t{e.slot} * dims, dims);
+      } else {
+        AxpyRow<Acc>(row, e.coef[0], grad_rows + int64_t{~e.slot} * dims, dims);
+      }
     }
     if (!last_pass || bp().grads.value_in_place) return;
     T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0];

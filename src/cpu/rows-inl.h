@@ -174,6 +174,25 @@ HWY_INLINE void AxpyRow(Acc* HWY_RESTRICT acc, Acc a, const Acc* HWY_RESTRICT x,
   for (; k < dims; ++k) acc[k] += a * x[k];
 }
 
+// acc0[k] += a0 * x[k] and acc1[k] += a1 * x[k]: one load of x for two rows.
+template <typename Acc>
+HWY_INLINE void AxpyRowPair(Acc* HWY_RESTRICT acc0, Acc a0, Acc* HWY_RESTRICT acc1, Acc a1,
+                            const Acc* HWY_RESTRICT x, int64_t dims) {
+  const hn::ScalableTag<Acc> d;
+  const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+  const auto va0 = hn::Set(d, a0), va1 = hn::Set(d, a1);
+  int64_t k = 0;
+  for (; k + n <= dims; k += n) {
+    const auto vx = hn::LoadU(d, x + k);
+    hn::StoreU(hn::MulAdd(va0, vx, hn::LoadU(d, acc0 + k)), d, acc0 + k);
+    hn::StoreU(hn::MulAdd(va1, vx, hn::LoadU(d, acc1 + k)), d, acc1 + k);
+  }
+  for (; k < dims; ++k) {
+    acc0[k] += a0 * x[k];
+    acc1[k] += a1 * x[k];
+  }
+}
+
 // row[k] = Load(src[k]) widened to the accumulation type, src contiguous.
 template <typename T, typename Acc>
 HWY_INLINE void WidenRow(const T* HWY_RESTRICT src, int64_t dims, Acc* HWY_RESTRICT row) {
