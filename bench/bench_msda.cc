@@ -4,7 +4,7 @@
 // run; one thread against all threads. Never a timed test: run it by hand (see README).
 //
 //   bench_msda [--repeats N] [--shapes encoder,decoder,...] [--threads N] [--markdown FILE]
-//              [--uniform] [--vs-scalar] [--vs-no-prefetch]
+//              [--uniform] [--vs-scalar] [--vs-no-prefetch] [--hot-value]
 #include <msda/msda.h>
 
 #include <algorithm>
@@ -201,12 +201,24 @@ struct Timing {
 };
 
 std::string g_simd_target = "?";  // From the first plan's description.
+bool g_hot_value = false;         // --hot-value (see TimeCase).
 
 Timing TimeCase(Case& c, int threads, int repeats) {
   const Shape& s = c.shape;
   const int64_t L = static_cast<int64_t>(s.levels.size());
   Tensors t;
   msdaTensor* value = t.Add({s.batch, c.keys, s.heads, s.dims}, MSDA_FLOAT32, c.value.data());
+  if (g_hot_value) {
+    // Diagnostic: every key of a head reads the same row (strides 0), so every gather hits L1
+    // while the geometry and the work stay those of the shape. Run it with MSDA_HEAD_MAJOR=0,
+    // or the forward copies the rows out again.
+    msdaDestroyTensor(value);
+    t.all.pop_back();
+    const int64_t dims[4] = {s.batch, c.keys, s.heads, s.dims}, strides[4] = {0, 0, s.dims, 1};
+    value = msdaCreateTensor(dims, 4, MSDA_FLOAT32, strides, 4, MSDA_DEVICE_CPU, 0,
+                             c.value.data());
+    t.all.push_back(value);
+  }
   msdaTensor* spatial = t.Add({L, 2}, MSDA_INT64, c.spatial.data());
   msdaTensor* starts = t.Add({L}, MSDA_INT64, c.starts.data());
   msdaTensor* loc =
@@ -288,12 +300,14 @@ int main(int argc, char** argv) {
       vs_scalar = true;
     else if (arg == "--vs-no-prefetch")
       vs_no_prefetch = true;
+    else if (arg == "--hot-value")
+      g_hot_value = true;
     else if (arg == "--child-times")
       child_times = true;
     else {
       std::printf(
           "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n"
-          "          [--vs-scalar] [--vs-no-prefetch]\n",
+          "          [--vs-scalar] [--vs-no-prefetch] [--hot-value]\n",
           argv[0]);
       return arg == "--help" ? 0 : 2;
     }
@@ -341,7 +355,8 @@ int main(int argc, char** argv) {
       const std::string command = std::string(env) + " '" + std::string(argv[0]) +
                                   "' --child-times --shapes " + shape.name + " --threads " +
                                   std::to_string(all_threads) + " --repeats " +
-                                  std::to_string(repeats) + (uniform_locations ? " --uniform" : "");
+                                  std::to_string(repeats) + (uniform_locations ? " --uniform" : "") +
+                                  (g_hot_value ? " --hot-value" : "");
       if (FILE* child = popen(command.c_str(), "r")) {
         char name[64];
         if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &out[0], &out[1], &out[2],

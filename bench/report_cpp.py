@@ -6,7 +6,9 @@ section "C++ kernels") with a bar chart beside it (docs/benchmarks_cpp.png).
 
 bench_msda measures, in the same run, the machine's memory bandwidth and FMA peak, and times
 every standard shape forward and backward with 1 thread and all threads, on the dispatched
-SIMD target and on the scalar one.
+SIMD target, on the scalar one and without software prefetch. A second, diagnostic run times
+the encoder with every value row aliased to one L1-resident row (--hot-value, with the
+head-major copy off): the gap to the first run is what cache misses cost.
 """
 import argparse
 import os
@@ -34,16 +36,20 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, roofline, simd = [], [], []
+    labels, roofline, simd, prefetch = [], [], [], []
     for shape, pass_, threads, *rest in rows:
         labels.append(f"{shape}\n{pass_[:3]} {threads}t")
         roofline.append(float(rest[4]))
         simd.append(float(rest[8]) if rest[8] != "-" else 0.0)
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+        prefetch.append(float(rest[10]) if len(rest) > 10 and rest[10] != "-" else 0.0)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     axes[0].bar(range(len(labels)), roofline, color="#4477aa")
     axes[0].set_title("time / same-run roofline bound (lower is better)")
     axes[1].bar(range(len(labels)), simd, color="#ee6677")
     axes[1].set_title("SIMD speed-up over the scalar target (higher is better)")
+    axes[2].bar(range(len(labels)), prefetch, color="#228833")
+    axes[2].axhline(1.0, color="black", linewidth=0.8)
+    axes[2].set_title("software prefetch: time without / with (higher is better)")
     for ax in axes:
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, fontsize=6, rotation=90)
@@ -80,13 +86,31 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         table_path = os.path.join(tmp, "table.md")
         command = [args.binary, "--repeats", str(args.repeats), "--shapes", args.shapes,
-                   "--vs-scalar", "--markdown", table_path]
+                   "--vs-scalar", "--vs-no-prefetch", "--markdown", table_path]
         print("running:", " ".join(command), flush=True)
         subprocess.run(command, check=True)
         with open(table_path) as f:
             table = f.read()
+        hot_path = os.path.join(tmp, "hot.md")
+        hot_command = [args.binary, "--repeats", str(args.repeats), "--shapes", "encoder",
+                       "--hot-value", "--markdown", hot_path]
+        print("running: MSDA_HEAD_MAJOR=0", " ".join(hot_command), flush=True)
+        subprocess.run(hot_command, check=True, env=dict(os.environ, MSDA_HEAD_MAJOR="0"))
+        with open(hot_path) as f:
+            hot_rows = parse_table(f.read())
     rows = parse_table(table)
     plot(rows, args.png)
+    # The encoder's times against the L1-resident diagnostic (same geometry and work).
+    hot_lines = ["| pass | threads | encoder ms | value rows in L1 ms | share of time in cache "
+                 "misses |", "|---|---|---|---|---|"]
+    for shape, pass_, threads, median, *_ in rows:
+        if shape != "encoder":
+            continue
+        for h_shape, h_pass, h_threads, h_median, *_ in hot_rows:
+            if (h_pass, h_threads) == (pass_, threads):
+                real, hot = float(median), float(h_median)
+                hot_lines.append(f"| {pass_} | {threads} | {real:.2f} | {hot:.2f} | "
+                                 f"{(real - hot) / real:.0%} |")
     load = os.getloadavg()[0]
     section = "\n".join([
         "## C++ kernels",
@@ -96,11 +120,19 @@ def main():
         f"{args.repeats} runs. Roofline: inputs read once and outputs written once at the "
         "triad bandwidth, or the FLOPs at the FMA peak, whichever is slower, both measured in the "
         "same run. The scalar columns run the same shapes on Highway's scalar target "
-        f"(MSDA_SIMD_TARGET=SCALAR) right after. Load average before the run: {load:.1f}.",
+        "(MSDA_SIMD_TARGET=SCALAR) right after, the no-prefetch columns with the kernels' "
+        f"software prefetch off (MSDA_PREFETCH=0). Load average before the run: {load:.1f}.",
         "",
         table.strip(),
         "",
         f"![C++ kernels]({os.path.basename(args.png)})",
+        "",
+        "Where the time goes: the encoder again with every value row of a head aliased to one "
+        "row (`MSDA_HEAD_MAJOR=0 bench_msda --hot-value`), so that every gather hits L1 while "
+        "the geometry, the corner count and all other work stay the same. The difference is "
+        "the cost of cache misses on the value rows.",
+        "",
+        "\n".join(hot_lines),
     ])
     write_section(args.markdown, section)
     print(f"wrote {args.markdown} (section 'C++ kernels') and {args.png}")

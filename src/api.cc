@@ -21,14 +21,19 @@
 namespace msda {
 namespace {
 
-// The planner's view of the machine: the thread count for this call, and MSDA_PREFETCH
-// (read once; "0" turns the kernels' software prefetch off, for measuring what it buys).
+// Whether an on/off environment switch is on: unset or anything but "0".
+bool SwitchOn(const char* name) {
+  const char* env = std::getenv(name);
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+// The planner's view of the machine: the thread count for this call, and two switches read
+// once, for measuring what a technique buys: MSDA_PREFETCH=0 turns the kernels' software
+// prefetch off, MSDA_HEAD_MAJOR=0 the head-major value copy.
 msda::Machine ThisMachine() {
-  static const bool prefetch = [] {
-    const char* env = std::getenv("MSDA_PREFETCH");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  return msda::Machine{msda::ResolveNumThreads(), prefetch};
+  static const bool prefetch = SwitchOn("MSDA_PREFETCH");
+  static const bool head_major = SwitchOn("MSDA_HEAD_MAJOR");
+  return msda::Machine{msda::ResolveNumThreads(), prefetch, head_major};
 }
 
 thread_local std::string tls_error;

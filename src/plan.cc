@@ -98,7 +98,7 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   ForwardPlan& f = plan->forward;
   const int64_t target_tiles = int64_t{16} * threads;
   int64_t value_bytes = 0;
-  f.head_major = WantsHeadMajorCopy(p, &value_bytes);
+  f.head_major = machine.head_major && WantsHeadMajorCopy(p, &value_bytes);
   if (f.head_major) {
     // All heads of a query together: loc, attn and out are then read and written
     // contiguously (one head at a time over a long run of queries measured slower).
@@ -205,7 +205,7 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
     // The copy only where the workspace stays within its budget (a strided or half-type
     // grad_value needs the accumulator as well).
     int64_t value_bytes = 0;
-    b.head_major = WantsHeadMajorCopy(p, &value_bytes) &&
+    b.head_major = machine.head_major && WantsHeadMajorCopy(p, &value_bytes) &&
                    layout.size() + value_bytes <= kWorkspaceBudgetBytes;
     if (b.head_major) {
       b.value_copy_offset = layout.Add(value_bytes, 1);

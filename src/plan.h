@@ -16,6 +16,9 @@ enum class Direction { kForward, kBackward };
 struct Machine {
   int num_threads = 1;
   bool prefetch = true;  // Software prefetch of corner rows (MSDA_PREFETCH=0 turns it off).
+  // The head-major value copy where the planner's rule asks for it (MSDA_HEAD_MAJOR=0 turns
+  // it off).
+  bool head_major = true;
 };
 
 // Which gradients a backward call computes.

@@ -24,7 +24,8 @@ namespace cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Per-point level constants: point i = l * P + p of a (query, head) lies on level l.
+// Per-point level constants: point i = l * P + p of a (query, head) lies on level l; padded
+// to a multiple of 64 points.
 struct PointLevels {
   std::vector<float> width, height;                 // As floats, for the coordinates.
   std::vector<int32_t> width_i, height_i, start_i;  // As integers, for the key rows.
@@ -51,6 +52,14 @@ inline bool SimdGeometryApplies(const Problem& p, const Params& prm, PointLevels
       levels->start_i.push_back(static_cast<int32_t>(level.start));
     }
   }
+  // Padded to whole vectors (like the scratch rows), so that loops over points may read a
+  // last partial vector.
+  const size_t padded = static_cast<size_t>((p.num_levels() * p.points + 63) / 64 * 64);
+  levels->width.resize(padded, 1.0f);
+  levels->height.resize(padded, 1.0f);
+  levels->width_i.resize(padded, 1);
+  levels->height_i.resize(padded, 1);
+  levels->start_i.resize(padded, 0);
   return true;
 }
 

@@ -76,6 +76,17 @@ TEST(Plans, PrefetchFollowsTheMachineAndTheForwardSkipsItOnTheHeadMajorCopy) {
   EXPECT_NE(DescribePlan(p, plan).find("prefetch=0"), std::string::npos);
 }
 
+TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
+  Plan plan;
+  GradientSet grads;
+  grads.value_in_place = true;
+  ASSERT_TRUE(MakeForwardPlan(Encoder(), Machine{2, true, false}, &plan));
+  EXPECT_FALSE(plan.forward.head_major);
+  EXPECT_TRUE(plan.forward.prefetch_rows);
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, false}, grads, &plan));
+  EXPECT_FALSE(plan.backward.head_major);
+}
+
 TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
   Plan plan;
   Problem p = Encoder();  // 64 corner rows per query, as many queries as keys.
