@@ -348,12 +348,7 @@ struct BackwardKernel {
       hn::StoreU(hn::Mul(w2, a), d, coefs + 2 * stride + i);
       hn::StoreU(hn::Mul(w3, a), d, coefs + 3 * stride + i);
     }
-    for (int64_t l = 0; l < p.num_levels(); ++l) {
-      for (int64_t pt = 0; pt < p.points; ++pt) {
-        const int64_t i = l * p.points + pt;
-        StorePointGradients(b, q, h, l, pt, grad_x[i], grad_y[i], grad_a[i]);
-      }
-    }
+    WritePointGradients(b, q, h, grad_x, grad_y, grad_a);
 
     // 3. grad_value contributions of the in-map corners, at the counting sort's cursors.
     if (cursors == nullptr) return;
@@ -364,6 +359,41 @@ struct BackwardKernel {
         WritePair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot,
                   cursors, entries);
       }
+    }
+  }
+
+  // The gradients of all points of one (batch, query, head) from fp32 rows: as vectors where
+  // the outputs are fp32 and contiguous over (level, point), else point by point.
+  void WritePointGradients(int64_t b, int64_t q, int64_t h, const float* grad_x,
+                           const float* grad_y, const float* grad_a) const {
+    const int64_t num_points = p.num_levels() * p.points;
+    const hn::ScalableTag<float> d;
+    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+    int64_t done = 0;  // Points written as vectors.
+    if constexpr (std::is_same<T, float>::value && std::is_same<L, float>::value) {
+      const int64_t* sa = prm.grad_attn_stride;
+      const int64_t* sl = prm.grad_loc_stride;
+      const bool attn_flat = prm.grad_attn == nullptr || (sa[4] == 1 && sa[3] == p.points);
+      const bool loc_flat =
+          prm.grad_loc == nullptr || (sl[5] == 1 && sl[4] == 2 && sl[3] == 2 * p.points);
+      if (attn_flat && loc_flat) {
+        float* ga = prm.grad_attn == nullptr
+                        ? nullptr
+                        : static_cast<float*>(prm.grad_attn) + b * sa[0] + q * sa[1] + h * sa[2];
+        float* gl = prm.grad_loc == nullptr
+                        ? nullptr
+                        : static_cast<float*>(prm.grad_loc) + b * sl[0] + q * sl[1] + h * sl[2];
+        for (; done + n <= num_points; done += n) {
+          if (ga != nullptr) hn::StoreU(hn::LoadU(d, grad_a + done), d, ga + done);
+          if (gl != nullptr) {
+            hn::StoreInterleaved2(hn::LoadU(d, grad_x + done), hn::LoadU(d, grad_y + done), d,
+                                  gl + 2 * done);
+          }
+        }
+      }
+    }
+    for (int64_t i = done; i < num_points; ++i) {
+      StorePointGradients(b, q, h, i / p.points, i % p.points, grad_x[i], grad_y[i], grad_a[i]);
     }
   }
 
