@@ -292,16 +292,30 @@ struct BackwardKernel {
         for (int64_t o = 0; o < row_bytes; o += 64) hwy::Prefetch(row + o);
       }
     }
-    for (int c = 0; c < 4; ++c) {
-      const int32_t* rows = k.rows + c * stride;
+    if (dim_stride == 1) {
+      // The four corners of a point together: one reduction for four dot products.
       for (int64_t i = 0; i < num_points; ++i) {
-        float dot = 0;
-        if (rows[i] >= 0) {
-          const T* row = value + int64_t{rows[i]} * key_stride;
-          dot = dim_stride == 1 ? DotRow<T, Acc>(g_row, row, p.dims)
-                                : Dot<T, Acc>(g_row, row, dim_stride, p.dims);
+        const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
+                              k.rows[3 * stride + i]};
+        const int32_t any = std::max(std::max(r[0], r[1]), std::max(r[2], r[3]));
+        float d4[4] = {0, 0, 0, 0};
+        if (any >= 0) {
+          // Corners off the map read an on-map corner's row; their dot is dropped below.
+          const T* row[4];
+          for (int c = 0; c < 4; ++c) row[c] = value + int64_t{r[c] >= 0 ? r[c] : any} * key_stride;
+          DotRows4<T>(g_row, row[0], row[1], row[2], row[3], p.dims, d4);
         }
-        dots[c * stride + i] = dot;
+        for (int c = 0; c < 4; ++c) dots[c * stride + i] = r[c] >= 0 ? d4[c] : 0.0f;
+      }
+    } else {
+      for (int c = 0; c < 4; ++c) {
+        const int32_t* rows = k.rows + c * stride;
+        for (int64_t i = 0; i < num_points; ++i) {
+          dots[c * stride + i] =
+              rows[i] >= 0
+                  ? Dot<T, Acc>(g_row, value + int64_t{rows[i]} * key_stride, dim_stride, p.dims)
+                  : 0.0f;
+        }
       }
     }
     for (int64_t l = 0; l < p.num_levels(); ++l) {
