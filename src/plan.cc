@@ -207,6 +207,7 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
     int64_t value_bytes = 0;
     b.head_major = machine.head_major && WantsHeadMajorCopy(p, &value_bytes) &&
                    layout.size() + value_bytes <= kWorkspaceBudgetBytes;
+    b.prefetch_rows = machine.prefetch && !b.head_major;
     if (b.head_major) {
       b.value_copy_offset = layout.Add(value_bytes, 1);
       b.copy_block_keys = kCopyBlockKeys;
@@ -252,7 +253,8 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
                   "key blocks=%lld x %lld rows\n"
                   "  entries: %lld x %lld B at %lld; counts at %lld; grad rows at %lld; "
                   "accumulator at %lld (-1: in place, in grad_value)\n"
-                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys)\n",
+                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys) "
+                  "prefetch_rows=%d\n",
                   b.grads.value, b.grads.locations, b.grads.weights, (long long)b.num_passes,
                   (long long)b.pass_queries, (long long)b.chunks_per_pass,
                   (long long)b.chunk_queries, (long long)b.num_key_blocks,
@@ -260,7 +262,8 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
                   (long long)b.entry_bytes, (long long)b.entries_offset, (long long)b.counts_offset,
                   (long long)b.grad_rows_offset, (long long)b.accum_offset,
                   b.head_major ? 1 : 0, (long long)b.value_copy_offset,
-                  (long long)b.num_copy_blocks, (long long)b.copy_block_keys);
+                  (long long)b.num_copy_blocks, (long long)b.copy_block_keys,
+                  b.prefetch_rows ? 1 : 0);
     s += buf;
   }
   return s;

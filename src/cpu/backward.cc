@@ -284,7 +284,7 @@ struct BackwardKernel {
     // the dot products' reduction chains otherwise keep few of these misses in flight.
     const int64_t row_bytes =
         std::min<int64_t>(p.dims * dim_stride * int64_t{sizeof(T)}, int64_t{256});
-    for (int c = 0; c < 4 && plan.prefetch; ++c) {
+    for (int c = 0; c < 4 && bp().prefetch_rows; ++c) {
       for (int64_t i = 0; i < num_points; ++i) {
         const int32_t r = k.rows[c * stride + i];
         if (r < 0) continue;

@@ -85,6 +85,12 @@ TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
   EXPECT_TRUE(plan.forward.prefetch_rows);
   ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, false}, grads, &plan));
   EXPECT_FALSE(plan.backward.head_major);
+  EXPECT_TRUE(plan.backward.prefetch_rows);
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, true}, grads, &plan));
+  EXPECT_TRUE(plan.backward.head_major);
+  EXPECT_FALSE(plan.backward.prefetch_rows);
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, false, false}, grads, &plan));
+  EXPECT_FALSE(plan.backward.prefetch_rows);
 }
 
 TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
