@@ -215,8 +215,7 @@ Timing TimeCase(Case& c, int threads, int repeats) {
     msdaDestroyTensor(value);
     t.all.pop_back();
     const int64_t dims[4] = {s.batch, c.keys, s.heads, s.dims}, strides[4] = {0, 0, s.dims, 1};
-    value = msdaCreateTensor(dims, 4, MSDA_FLOAT32, strides, 4, MSDA_DEVICE_CPU, 0,
-                             c.value.data());
+    value = msdaCreateTensor(dims, 4, MSDA_FLOAT32, strides, 4, MSDA_DEVICE_CPU, 0, c.value.data());
     t.all.push_back(value);
   }
   msdaTensor* spatial = t.Add({L, 2}, MSDA_INT64, c.spatial.data());
@@ -352,15 +351,15 @@ int main(int argc, char** argv) {
     // Each: 1-thread fwd, bwd; all-thread fwd, bwd.
     double scalar[4] = {0, 0, 0, 0}, no_prefetch[4] = {0, 0, 0, 0};
     auto child_times = [&](const char* env, double* out) {
-      const std::string command = std::string(env) + " '" + std::string(argv[0]) +
-                                  "' --child-times --shapes " + shape.name + " --threads " +
-                                  std::to_string(all_threads) + " --repeats " +
-                                  std::to_string(repeats) + (uniform_locations ? " --uniform" : "") +
-                                  (g_hot_value ? " --hot-value" : "");
+      const std::string command =
+          std::string(env) + " '" + std::string(argv[0]) + "' --child-times --shapes " +
+          shape.name + " --threads " + std::to_string(all_threads) + " --repeats " +
+          std::to_string(repeats) + (uniform_locations ? " --uniform" : "") +
+          (g_hot_value ? " --hot-value" : "");
       if (FILE* child = popen(command.c_str(), "r")) {
         char name[64];
-        if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &out[0], &out[1], &out[2],
-                        &out[3]) != 5) {
+        if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &out[0], &out[1], &out[2], &out[3]) !=
+            5) {
           std::fill(out, out + 4, 0.0);
         }
         pclose(child);

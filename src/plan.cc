@@ -213,7 +213,6 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
       b.copy_block_keys = kCopyBlockKeys;
       b.num_copy_blocks = CeilDiv(p.keys, b.copy_block_keys);
     }
-
   }
   if (layout.overflow()) return false;
   plan->workspace_bytes = static_cast<uint64_t>(layout.size());
@@ -260,10 +259,9 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
                   (long long)b.chunk_queries, (long long)b.num_key_blocks,
                   (long long)b.key_block_rows, (long long)b.entry_capacity,
                   (long long)b.entry_bytes, (long long)b.entries_offset, (long long)b.counts_offset,
-                  (long long)b.grad_rows_offset, (long long)b.accum_offset,
-                  b.head_major ? 1 : 0, (long long)b.value_copy_offset,
-                  (long long)b.num_copy_blocks, (long long)b.copy_block_keys,
-                  b.prefetch_rows ? 1 : 0);
+                  (long long)b.grad_rows_offset, (long long)b.accum_offset, b.head_major ? 1 : 0,
+                  (long long)b.value_copy_offset, (long long)b.num_copy_blocks,
+                  (long long)b.copy_block_keys, b.prefetch_rows ? 1 : 0);
     s += buf;
   }
   return s;

@@ -31,7 +31,9 @@ struct GradientSet {
   bool value_in_place = false;
 };
 
-// Forward: tiles are (batch, query block, head group), each an independent piece of output.
+// Forward: tiles are (batch, head group, query block), each an independent piece of output;
+// tile t is batch t / tiles_per_batch(), head group (t / num_query_blocks) % num_head_groups,
+// query block t % num_query_blocks.
 //
 // Head-major mode: when many queries share a map, the value of each batch item is first
 // copied head-major ([heads][keys][dims]) into the workspace, and the tiles then read the copy.
@@ -128,7 +130,7 @@ struct ScratchLayout {
 struct Plan {
   Direction direction = Direction::kForward;
   int num_threads = 1;
-  bool prefetch = true;  // The kernels prefetch corner rows ahead of their use.
+  bool prefetch = true;   // The kernels prefetch corner rows ahead of their use.
   int64_t acc_bytes = 4;  // 4: fp32 arithmetic; 8: fp64 (FLOAT64 problems).
   ForwardPlan forward;
   BackwardPlan backward;

@@ -1,7 +1,10 @@
 // Backward. Location and weight gradients are per point. grad_value is a reduction over
 // points, done without atomics by a counting sort (see BackwardPlan in plan.h): every
-// element of grad_value is summed in the same order, (query, level, point, corner)
-// ascending, whatever the thread count, so results are bitwise reproducible.
+// element of grad_value is summed in the same order, (query, head, level, point, corner)
+// ascending, whatever the thread count, so results are bitwise reproducible. On the SIMD
+// path each (query, head) runs in three sweeps over its points: the corner dot products (four
+// per reduction), the point gradients with lanes over points, and the contributions, one entry
+// per horizontal corner pair.
 //
 // This file is compiled once per SIMD target (Highway's foreach_target); RunBackward at the
 // bottom dispatches to the best one.
@@ -20,8 +23,8 @@
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
-#include "cpu/value_copy.h"
 #include "cpu/simd.h"
+#include "cpu/value_copy.h"
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "threads.h"
@@ -79,8 +82,7 @@ struct BackwardKernel {
   Acc* AccumRow(int64_t b, int64_t index) const {
     if (bp().grads.value_in_place) {
       const int64_t* st = prm.grad_value_stride;
-      return static_cast<Acc*>(prm.grad_value) + b * st[0] +
-             index * (p.heads == 1 ? st[1] : st[2]);
+      return static_cast<Acc*>(prm.grad_value) + b * st[0] + index * (p.heads == 1 ? st[1] : st[2]);
     }
     return reinterpret_cast<Acc*>(workspace + bp().accum_offset) + index * p.dims;
   }
@@ -332,10 +334,9 @@ struct BackwardKernel {
     const int64_t n = static_cast<int64_t>(hn::Lanes(d));
     const auto one = hn::Set(d, 1.0f);
     for (int64_t i = 0; i < num_points; i += n) {  // Rows are padded to whole vectors.
-      const auto all_rows =
-          hn::And(hn::And(hn::LoadU(di, k.rows + i), hn::LoadU(di, k.rows + stride + i)),
-                  hn::And(hn::LoadU(di, k.rows + 2 * stride + i),
-                          hn::LoadU(di, k.rows + 3 * stride + i)));
+      const auto all_rows = hn::And(
+          hn::And(hn::LoadU(di, k.rows + i), hn::LoadU(di, k.rows + stride + i)),
+          hn::And(hn::LoadU(di, k.rows + 2 * stride + i), hn::LoadU(di, k.rows + 3 * stride + i)));
       const auto inside = hn::RebindMask(d, hn::Not(hn::Lt(all_rows, hn::Zero(di))));
       const auto a = hn::LoadU(d, attn + i);
       const auto w0 = hn::LoadU(d, k.weights + i), w1 = hn::LoadU(d, k.weights + stride + i);
@@ -348,12 +349,10 @@ struct BackwardKernel {
       const auto hh = hn::Sub(one, lh), hw = hn::Sub(one, lw);
       const auto ga = hn::Add(hn::Add(hn::Add(hn::Mul(w0, d0), hn::Mul(w1, d1)), hn::Mul(w2, d2)),
                               hn::Mul(w3, d3));
-      const auto gx = hn::Mul(
-          hn::Mul(hn::LoadU(d, levels->width.data() + i), a),
-          hn::Add(hn::Mul(hh, hn::Sub(d1, d0)), hn::Mul(lh, hn::Sub(d3, d2))));
-      const auto gy = hn::Mul(
-          hn::Mul(hn::LoadU(d, levels->height.data() + i), a),
-          hn::Add(hn::Mul(hw, hn::Sub(d2, d0)), hn::Mul(lw, hn::Sub(d3, d1))));
+      const auto gx = hn::Mul(hn::Mul(hn::LoadU(d, levels->width.data() + i), a),
+                              hn::Add(hn::Mul(hh, hn::Sub(d1, d0)), hn::Mul(lh, hn::Sub(d3, d2))));
+      const auto gy = hn::Mul(hn::Mul(hn::LoadU(d, levels->height.data() + i), a),
+                              hn::Add(hn::Mul(hw, hn::Sub(d2, d0)), hn::Mul(lw, hn::Sub(d3, d1))));
       hn::StoreU(hn::IfThenElseZero(inside, ga), d, grad_a + i);
       hn::StoreU(hn::IfThenElseZero(inside, gx), d, grad_x + i);
       hn::StoreU(hn::IfThenElseZero(inside, gy), d, grad_y + i);
@@ -370,8 +369,8 @@ struct BackwardKernel {
     for (int64_t i = 0; i < num_points; ++i) {
       for (int pair = 0; pair < 2; ++pair) {
         const int64_t at = 2 * pair * stride + i;
-        WritePair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot,
-                  cursors, entries);
+        WritePair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot, cursors,
+                  entries);
       }
     }
   }
@@ -555,7 +554,11 @@ void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
     char* ws = static_cast<char*>(workspace);
     const bool copy = grads.value && e.plan.backward.head_major;
     const BackwardKernel<T, L, Acc> kernel{
-        e.problem, e.params, e.plan, ws, simd_geometry ? &levels : nullptr,
+        e.problem,
+        e.params,
+        e.plan,
+        ws,
+        simd_geometry ? &levels : nullptr,
         copy ? reinterpret_cast<const T*>(ws + e.plan.backward.value_copy_offset) : nullptr};
     if (grads.value) {
       kernel.RunWithValueGradient();

@@ -1,10 +1,13 @@
 // Forward: out[b, q, h*D + d] = sum over (l, p) of A * bilinear(value)[d].
 //
-// A tile is (batch, query block, head group). For each (query, head) the kernel first
-// computes, for all L*P points, the element offsets of the in-map corners and their weights
-// (already multiplied by the attention weight) into per-thread scratch, then gathers those
-// rows into D accumulators held in SIMD registers (GatherRows in rows-inl.h): the coordinate
-// math runs in one pass and the gathers in a tight loop over a compact corner list.
+// A tile is (batch, head group, query block). For each (query, head) the kernel first
+// computes, for all L*P points, the key rows of the in-map corners and their weights (already
+// multiplied by the attention weight) into per-thread scratch, then gathers those rows into D
+// accumulators held in SIMD registers (GatherRows in rows-inl.h): the coordinate math runs in
+// one pass and the gathers in a tight loop over a compact corner list. On the SIMD path the
+// next (query, head)'s list is built before the current one is gathered, so that its rows can
+// be prefetched (ForwardPlan::prefetch_rows). In head-major mode each batch item's value is
+// first copied [heads][keys][dims] into the workspace and the gathers read the copy.
 //
 // This file is compiled once per SIMD target (Highway's foreach_target); RunForward at the
 // bottom dispatches to the best one.
@@ -22,8 +25,8 @@
 #include "cpu/kernels.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
-#include "cpu/value_copy.h"
 #include "cpu/simd.h"
+#include "cpu/value_copy.h"
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "threads.h"
@@ -105,8 +108,8 @@ struct ForwardKernel {
       } else {
         std::fill(acc, acc + p.dims, Acc(0));
         for (int64_t k = 0; k < count; ++k) {
-          Axpy<T, Acc>(acc, weights[cur][k], value + int64_t{rows[cur][k]} * key_stride,
-                       dim_stride, p.dims);
+          Axpy<T, Acc>(acc, weights[cur][k], value + int64_t{rows[cur][k]} * key_stride, dim_stride,
+                       p.dims);
         }
       }
       Write(static_cast<T*>(prm.out), batch, q, head, acc);
@@ -127,8 +130,8 @@ struct ForwardKernel {
 
   // The SIMD geometry of one (batch, query, head): the in-map corners' key rows and weights
   // (bilinear times attention), compacted corner by corner in point order. Returns the count.
-  int64_t BuildCornerList(int64_t batch, int64_t q, int64_t head, char* scratch,
-                          int32_t* kept_rows, float* weights) const {
+  int64_t BuildCornerList(int64_t batch, int64_t q, int64_t head, char* scratch, int32_t* kept_rows,
+                          float* weights) const {
     const ScratchLayout& s = plan.scratch;
     const float* loc = static_cast<const float*>(prm.loc) + batch * prm.loc_stride[0] +
                        q * prm.loc_stride[1] + head * prm.loc_stride[2];
@@ -167,8 +170,8 @@ struct ForwardKernel {
       for (int64_t i = 0; i < points; i += n) {
         const auto r = hn::LoadU(di, rows + c * stride + i);
         const auto w = hn::LoadU(d, by_corner + c * stride + i);
-        const auto keep = hn::And(hn::FirstN(di, static_cast<size_t>(points - i)),
-                                  hn::Not(hn::Lt(r, zero_i)));
+        const auto keep =
+            hn::And(hn::FirstN(di, static_cast<size_t>(points - i)), hn::Not(hn::Lt(r, zero_i)));
         hn::StoreU(hn::Compress(w, hn::RebindMask(d, keep)), d, weights + count);
         hn::StoreU(hn::Compress(r, keep), di, kept_rows + count);
         count += static_cast<int64_t>(hn::CountTrue(di, keep));
@@ -265,16 +268,16 @@ void RunForwardTarget(const msdaExecutor& e, void* workspace) {
     using L = decltype(l);
     using Acc = decltype(acc);
     if (!f.head_major) {
-      const ForwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan, ws,
-                                            simd_geometry ? &levels : nullptr, nullptr};
+      const ForwardKernel<T, L, Acc> kernel{
+          e.problem, e.params, e.plan, ws, simd_geometry ? &levels : nullptr, nullptr};
       ParallelFor(e.plan.num_threads, f.num_tiles,
                   [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
       return;
     }
     // One batch item at a time: copy its value head-major, then run its tiles on the copy.
     T* copy = reinterpret_cast<T*>(ws + f.value_copy_offset);
-    const ForwardKernel<T, L, Acc> kernel{e.problem, e.params, e.plan, ws,
-                                          simd_geometry ? &levels : nullptr, copy};
+    const ForwardKernel<T, L, Acc> kernel{
+        e.problem, e.params, e.plan, ws, simd_geometry ? &levels : nullptr, copy};
     for (int64_t b = 0; b < e.problem.batch; ++b) {
       ParallelFor(e.plan.num_threads, f.num_copy_blocks, [&](int64_t block, int) {
         const int64_t k_begin = block * f.copy_block_keys;
