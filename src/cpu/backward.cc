@@ -25,7 +25,6 @@
 #include "cpu/sampling.h"
 #include "cpu/simd.h"
 #include "cpu/value_copy.h"
-#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "threads.h"
 
@@ -57,17 +56,13 @@ struct BackwardKernel {
   const Plan& plan;
   char* workspace;
   const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
-  // Head-major mode: the current batch item's value copied as [heads][keys][dims], else null.
-  const T* value_copy;
+  // The rows to read: the caller's value, or the current batch item's head-major copy.
+  ValueRows<T> value_rows;
 
   const BackwardPlan& bp() const { return plan.backward; }
-  // [keys, dims] of one (batch, head), and its strides.
-  const T* ValueOf(int64_t b, int64_t h) const {
-    if (value_copy != nullptr) return value_copy + h * p.keys * p.dims;
-    return static_cast<const T*>(prm.value) + b * prm.value_stride[0] + h * prm.value_stride[2];
-  }
-  int64_t KeyStride() const { return value_copy != nullptr ? p.dims : prm.value_stride[1]; }
-  int64_t DimStride() const { return value_copy != nullptr ? 1 : prm.value_stride[3]; }
+  const T* ValueOf(int64_t b, int64_t h) const { return value_rows.Of(b, h); }
+  int64_t KeyStride() const { return value_rows.KeyStride(); }
+  int64_t DimStride() const { return value_rows.DimStride(); }
   char* Scratch(int thread_index) const { return workspace + thread_index * plan.scratch.bytes; }
   int64_t* Counts() const { return reinterpret_cast<int64_t*>(workspace + bp().counts_offset); }
   int64_t* BlockStart() const {
@@ -284,14 +279,10 @@ struct BackwardKernel {
 
     // 1. grad_output . corner row, 0 for corners off the map. Every row is prefetched first:
     // the dot products' reduction chains otherwise keep few of these misses in flight.
-    const int64_t row_bytes =
-        std::min<int64_t>(p.dims * dim_stride * int64_t{sizeof(T)}, int64_t{256});
     for (int c = 0; c < 4 && bp().prefetch_rows; ++c) {
       for (int64_t i = 0; i < num_points; ++i) {
         const int32_t r = k.rows[c * stride + i];
-        if (r < 0) continue;
-        const char* row = reinterpret_cast<const char*>(value + int64_t{r} * key_stride);
-        for (int64_t o = 0; o < row_bytes; o += 64) hwy::Prefetch(row + o);
+        if (r >= 0) value_rows.Prefetch(value, r);
       }
     }
     if (dim_stride == 1) {
@@ -480,13 +471,9 @@ struct BackwardKernel {
     const int threads = plan.num_threads;
     const int64_t blocks = plan_b.num_key_blocks;
     for (int64_t b = 0; b < p.batch; ++b) {
-      if (value_copy != nullptr) {
-        T* copy = const_cast<T*>(value_copy);
-        ParallelFor(threads, plan_b.num_copy_blocks, [&](int64_t block, int) {
-          const int64_t k_begin = block * plan_b.copy_block_keys;
-          CopyHeadMajor(p, prm, b, k_begin, std::min(p.keys, k_begin + plan_b.copy_block_keys),
-                        copy);
-        });
+      if (value_rows.copy != nullptr) {
+        CopyBatchHeadMajor(p, prm, b, plan_b.copy_block_keys, plan_b.num_copy_blocks, threads,
+                           const_cast<T*>(value_rows.copy));
       }
       {
         for (int64_t pass = 0; pass < plan_b.num_passes; ++pass) {
@@ -559,7 +546,9 @@ void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
         e.plan,
         ws,
         simd_geometry ? &levels : nullptr,
-        copy ? reinterpret_cast<const T*>(ws + e.plan.backward.value_copy_offset) : nullptr};
+        ValueRows<T>{
+            e.problem, e.params,
+            copy ? reinterpret_cast<const T*>(ws + e.plan.backward.value_copy_offset) : nullptr}};
     if (grads.value) {
       kernel.RunWithValueGradient();
     } else {

@@ -27,7 +27,6 @@
 #include "cpu/sampling.h"
 #include "cpu/simd.h"
 #include "cpu/value_copy.h"
-#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "threads.h"
 
@@ -43,17 +42,12 @@ struct ForwardKernel {
   const Plan& plan;
   char* workspace;
   const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
-  // Head-major mode: this batch item's value copied as [heads][keys][dims], else null.
-  const T* value_copy;
+  // The rows to gather: the caller's value, or this batch item's head-major copy.
+  ValueRows<T> value_rows;
 
-  // [keys, dims] of one (batch, head), and its strides.
-  const T* ValueOf(int64_t batch, int64_t head) const {
-    if (value_copy != nullptr) return value_copy + head * p.keys * p.dims;
-    return static_cast<const T*>(prm.value) + batch * prm.value_stride[0] +
-           head * prm.value_stride[2];
-  }
-  int64_t KeyStride() const { return value_copy != nullptr ? p.dims : prm.value_stride[1]; }
-  int64_t DimStride() const { return value_copy != nullptr ? 1 : prm.value_stride[3]; }
+  const T* ValueOf(int64_t batch, int64_t head) const { return value_rows.Of(batch, head); }
+  int64_t KeyStride() const { return value_rows.KeyStride(); }
+  int64_t DimStride() const { return value_rows.DimStride(); }
 
   void RunTile(int64_t tile, int thread_index) const {
     const ForwardPlan& f = plan.forward;
@@ -99,7 +93,7 @@ struct ForwardKernel {
         const int64_t q1 = q_begin + (i + 1) / heads, head1 = h_begin + (i + 1) % heads;
         next_count = BuildCornerList(batch, q1, head1, scratch, rows[1 - cur], weights[1 - cur]);
         if (plan.forward.prefetch_rows) {
-          PrefetchRows(ValueOf(batch, head1), rows[1 - cur], next_count, key_stride);
+          PrefetchRows(ValueOf(batch, head1), rows[1 - cur], next_count);
         }
       }
       const T* value = ValueOf(batch, head);
@@ -117,15 +111,8 @@ struct ForwardKernel {
     }
   }
 
-  // Issues a prefetch for each cache line of the first 256 bytes of every listed row.
-  void PrefetchRows(const T* value, const int32_t* rows, int64_t count, int64_t key_stride) const {
-    constexpr int64_t kLine = 64;
-    const int64_t row_bytes =
-        std::min<int64_t>(p.dims * DimStride() * int64_t{sizeof(T)}, 4 * kLine);
-    for (int64_t k = 0; k < count; ++k) {
-      const char* row = reinterpret_cast<const char*>(value + int64_t{rows[k]} * key_stride);
-      for (int64_t b = 0; b < row_bytes; b += kLine) hwy::Prefetch(row + b);
-    }
+  void PrefetchRows(const T* value, const int32_t* rows, int64_t count) const {
+    for (int64_t k = 0; k < count; ++k) value_rows.Prefetch(value, rows[k]);
   }
 
   // The SIMD geometry of one (batch, query, head): the in-map corners' key rows and weights
@@ -268,22 +255,27 @@ void RunForwardTarget(const msdaExecutor& e, void* workspace) {
     using L = decltype(l);
     using Acc = decltype(acc);
     if (!f.head_major) {
-      const ForwardKernel<T, L, Acc> kernel{
-          e.problem, e.params, e.plan, ws, simd_geometry ? &levels : nullptr, nullptr};
+      const ForwardKernel<T, L, Acc> kernel{e.problem,
+                                            e.params,
+                                            e.plan,
+                                            ws,
+                                            simd_geometry ? &levels : nullptr,
+                                            ValueRows<T>{e.problem, e.params, nullptr}};
       ParallelFor(e.plan.num_threads, f.num_tiles,
                   [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
       return;
     }
     // One batch item at a time: copy its value head-major, then run its tiles on the copy.
     T* copy = reinterpret_cast<T*>(ws + f.value_copy_offset);
-    const ForwardKernel<T, L, Acc> kernel{
-        e.problem, e.params, e.plan, ws, simd_geometry ? &levels : nullptr, copy};
+    const ForwardKernel<T, L, Acc> kernel{e.problem,
+                                          e.params,
+                                          e.plan,
+                                          ws,
+                                          simd_geometry ? &levels : nullptr,
+                                          ValueRows<T>{e.problem, e.params, copy}};
     for (int64_t b = 0; b < e.problem.batch; ++b) {
-      ParallelFor(e.plan.num_threads, f.num_copy_blocks, [&](int64_t block, int) {
-        const int64_t k_begin = block * f.copy_block_keys;
-        CopyHeadMajor(e.problem, e.params, b, k_begin,
-                      std::min(e.problem.keys, k_begin + f.copy_block_keys), copy);
-      });
+      CopyBatchHeadMajor(e.problem, e.params, b, f.copy_block_keys, f.num_copy_blocks,
+                         e.plan.num_threads, copy);
       ParallelFor(e.plan.num_threads, f.tiles_per_batch(), [&](int64_t tile, int thread_index) {
         kernel.RunTile(b * f.tiles_per_batch() + tile, thread_index);
       });

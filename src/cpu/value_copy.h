@@ -1,15 +1,45 @@
-// The head-major value copy of the forward and backward (see ForwardPlan in plan.h).
+// The value rows the kernels gather from: the caller's [batch, keys, heads, dims] tensor, or
+// the head-major copy of one batch item (see ForwardPlan in plan.h), which both the forward
+// and the backward make the same way.
 #ifndef MSDA_SRC_CPU_VALUE_COPY_H_
 #define MSDA_SRC_CPU_VALUE_COPY_H_
 
 #include <algorithm>
 #include <cstdint>
 
+#include "hwy/cache_control.h"
 #include "params.h"
 #include "shape.h"
+#include "threads.h"
 
 namespace msda {
 namespace cpu {
+
+// Where the rows of one (batch, head) are, and their strides.
+template <typename T>
+struct ValueRows {
+  const Problem& p;
+  const Params& prm;
+  const T* copy;  // The head-major copy of the current batch item, or null.
+
+  // [keys, dims] of one (batch, head).
+  const T* Of(int64_t batch, int64_t head) const {
+    if (copy != nullptr) return copy + head * p.keys * p.dims;
+    return static_cast<const T*>(prm.value) + batch * prm.value_stride[0] +
+           head * prm.value_stride[2];
+  }
+  int64_t KeyStride() const { return copy != nullptr ? p.dims : prm.value_stride[1]; }
+  int64_t DimStride() const { return copy != nullptr ? 1 : prm.value_stride[3]; }
+
+  // Prefetches the cache lines of the first 256 bytes of key row `row` of `rows`
+  // (= Of(batch, head)).
+  void Prefetch(const T* rows, int64_t row) const {
+    constexpr int64_t kLine = 64;
+    const int64_t bytes = std::min<int64_t>(p.dims * DimStride() * int64_t{sizeof(T)}, 4 * kLine);
+    const char* start = reinterpret_cast<const char*>(rows + row * KeyStride());
+    for (int64_t b = 0; b < bytes; b += kLine) hwy::Prefetch(start + b);
+  }
+};
 
 // Keys [k_begin, k_end) of one batch item: copy[h][k][d] = value[batch, k, h, d], whatever the
 // strides of value.
@@ -28,6 +58,16 @@ void CopyHeadMajor(const Problem& p, const Params& prm, int64_t batch, int64_t k
       }
     }
   }
+}
+
+// The whole head-major copy of one batch item, in blocks of block_keys keys over the threads.
+template <typename T>
+void CopyBatchHeadMajor(const Problem& p, const Params& prm, int64_t batch, int64_t block_keys,
+                        int64_t num_blocks, int num_threads, T* copy) {
+  ParallelFor(num_threads, num_blocks, [&](int64_t block, int) {
+    const int64_t k_begin = block * block_keys;
+    CopyHeadMajor(p, prm, batch, k_begin, std::min(p.keys, k_begin + block_keys), copy);
+  });
 }
 
 }  // namespace cpu
