@@ -168,19 +168,6 @@ float BFloatToFloat(uint16_t b) {
   return f;
 }
 
-size_t ElementSize(msdaDataType t) {
-  switch (t) {
-    case MSDA_FLOAT16:
-    case MSDA_BFLOAT16:
-      return 2;
-    case MSDA_FLOAT64:
-    case MSDA_INT64:
-      return 8;
-    default:
-      return 4;
-  }
-}
-
 // A parameter or activation: fp32 master copy plus the bytes handed to msda.
 struct Buffer {
   std::vector<int64_t> dims;
@@ -192,7 +179,7 @@ struct Buffer {
     int64_t n = 1;
     for (int64_t x : dims) n *= x;
     master.assign(static_cast<size_t>(n), 0.0f);
-    bytes.assign(static_cast<size_t>(n) * ElementSize(t), 0);
+    bytes.assign(static_cast<size_t>(n * msdaDataTypeSize(t)), 0);
   }
   size_t size() const { return master.size(); }
 

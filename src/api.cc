@@ -369,6 +369,15 @@ int64_t msdaExecutorDescribe(const msdaExecutor* executor, char* buffer, uint64_
 
 const char* msdaGetLastErrorMessage(void) { return msda::LastErrorMessage(); }
 
+int64_t msdaDataTypeSize(msdaDataType dtype) {
+  // Any integer may arrive from C; check it as an integer (see msdaCreateTensor).
+  int32_t raw;
+  static_assert(sizeof(dtype) == sizeof(raw), "C enums are int-sized");
+  std::memcpy(&raw, &dtype, sizeof raw);
+  if (raw < MSDA_FLOAT32 || raw > MSDA_INT64) return 0;
+  return msda::ElementSize(dtype);
+}
+
 const char* msdaStatusString(msdaStatus status) {
   // Any integer may arrive from C; switch on it as an integer (see msdaCreateTensor).
   int32_t raw;

@@ -94,6 +94,9 @@ typedef void* msdaStream;
 /* Version of the library the program runs against, encoded as MSDA_VERSION. */
 MSDA_API int32_t msdaGetVersion(void);
 
+/* Bytes per element of a dtype (2, 4 or 8), or 0 for a value that is no msdaDataType. */
+MSDA_API int64_t msdaDataTypeSize(msdaDataType dtype);
+
 /* Creates a tensor view. dims has ndim entries (ndim <= 8), each >= 0. strides has ndim
  * entries in elements, each >= 0, or is NULL for a contiguous row-major layout. offset is in
  * elements and is added to data before any stride. Returns NULL (and sets the last error

@@ -17,6 +17,7 @@
 // From c_api_test.c.
 extern "C" {
 const char* msda_test_status_string_raw(int status);
+int64_t msda_test_dtype_size_raw(int dtype);
 int msda_test_c_smoke(void);
 }
 
@@ -30,6 +31,17 @@ TEST(Api, Version) {
   EXPECT_EQ(MSDA_VERSION,
             MSDA_VERSION_ENCODE(MSDA_VERSION_MAJOR, MSDA_VERSION_MINOR, MSDA_VERSION_PATCH));
   EXPECT_EQ(MSDA_VERSION_ENCODE(1, 2, 3), 10203);
+}
+
+TEST(Api, DataTypeSizes) {
+  EXPECT_EQ(msdaDataTypeSize(MSDA_FLOAT32), 4);
+  EXPECT_EQ(msdaDataTypeSize(MSDA_FLOAT16), 2);
+  EXPECT_EQ(msdaDataTypeSize(MSDA_BFLOAT16), 2);
+  EXPECT_EQ(msdaDataTypeSize(MSDA_FLOAT64), 8);
+  EXPECT_EQ(msdaDataTypeSize(MSDA_INT32), 4);
+  EXPECT_EQ(msdaDataTypeSize(MSDA_INT64), 8);
+  // Values that are no enumerator (made in C, where that is well defined).
+  for (int raw : {-1, 6, 1 << 20}) EXPECT_EQ(msda_test_dtype_size_raw(raw), 0) << raw;
 }
 
 TEST(Api, CallableFromC) { EXPECT_EQ(msda_test_c_smoke(), 0); }

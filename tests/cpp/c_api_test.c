@@ -16,6 +16,8 @@ const char* msda_test_status_string_raw(int status) {
   return msdaStatusString((msdaStatus)status);
 }
 
+int64_t msda_test_dtype_size_raw(int dtype) { return msdaDataTypeSize((msdaDataType)dtype); }
+
 /* The whole API is callable from C. */
 int msda_test_c_smoke(void) {
   uint64_t ws = 0;
