@@ -27,13 +27,15 @@ bool SwitchOn(const char* name) {
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
-// The planner's view of the machine: the thread count for this call, and two switches read
-// once, for measuring what a technique buys: MSDA_PREFETCH=0 turns the kernels' software
-// prefetch off, MSDA_HEAD_MAJOR=0 the head-major value copy.
+// The planner's view of the machine: the thread count for this call, and three switches
+// read once, for measuring what a technique buys: MSDA_PREFETCH=0 turns the kernels' software
+// prefetch off, MSDA_HEAD_MAJOR=0 the head-major value copies, MSDA_BY_HEAD=0 the backward's
+// by-head mode (leaving the counting sort).
 msda::Machine ThisMachine() {
   static const bool prefetch = SwitchOn("MSDA_PREFETCH");
   static const bool head_major = SwitchOn("MSDA_HEAD_MAJOR");
-  return msda::Machine{msda::ResolveNumThreads(), prefetch, head_major};
+  static const bool by_head = SwitchOn("MSDA_BY_HEAD");
+  return msda::Machine{msda::ResolveNumThreads(), prefetch, head_major, by_head};
 }
 
 thread_local std::string tls_error;

@@ -95,6 +95,24 @@ struct BackwardKernel {
     return Locate<Acc>(p.levels[l], Load<Acc>(xy), Load<Acc>(xy + prm.loc_stride[5]));
   }
 
+  // Where the grad_value contributions of a (query, head) go: entries at the counting sort's
+  // cursors (one per key block), or, in by-head mode, added straight into the head's
+  // accumulator rows [keys][dims]. Neither: only location and weight gradients.
+  struct Sink {
+    int64_t* cursors = nullptr;
+    Acc* rows = nullptr;
+  };
+  // The value rows of one (batch, head) and whether to prefetch them before the dot products.
+  struct HeadRows {
+    const T* value;
+    int64_t key_stride;
+    int64_t dim_stride;
+    bool prefetch;
+  };
+  HeadRows RowsOf(int64_t b, int64_t h) const {
+    return HeadRows{ValueOf(b, h), KeyStride(), DimStride(), bp().prefetch_rows};
+  }
+
   // The by-corner geometry of one (batch, query, head) in the thread's scratch (SIMD path).
   struct Corners {
     int32_t* rows;
@@ -150,6 +168,27 @@ struct BackwardKernel {
     }
   }
 
+  // By-head mode: a horizontal corner pair's contributions (rows -1 when off the map) added to
+  // the head's accumulator rows, left corner first, as Reduce adds a pair entry.
+  void AddPair(Acc* rows, int64_t left, int64_t right, Acc coef_left, Acc coef_right,
+               const Acc* g_row) const {
+    const int64_t dims = p.dims;
+    if (left >= 0 && right >= 0) {
+      AxpyRowPair<Acc>(rows + left * dims, coef_left, rows + right * dims, coef_right, g_row, dims);
+      return;
+    }
+    if (left >= 0) AxpyRow<Acc>(rows + left * dims, coef_left, g_row, dims);
+    if (right >= 0) AxpyRow<Acc>(rows + right * dims, coef_right, g_row, dims);
+  }
+  void Contribute(const Sink& sink, int64_t left, int64_t right, Acc coef_left, Acc coef_right,
+                  int64_t h, int64_t slot, const Acc* g_row) const {
+    if (sink.rows != nullptr) {
+      AddPair(sink.rows, left, right, coef_left, coef_right, g_row);
+    } else if (sink.cursors != nullptr) {
+      WritePair(left, right, coef_left, coef_right, h, slot, sink.cursors, Entries());
+    }
+  }
+
   // Pass A: per key block, how many contributions the chunk's queries make.
   void Count(int64_t b, int64_t q_begin, int64_t q_end, int64_t* counts, int thread_index) const {
     std::fill(counts, counts + bp().num_key_blocks, int64_t{0});
@@ -196,17 +235,16 @@ struct BackwardKernel {
         Acc* g_row = cursors != nullptr
                          ? GradRows() + slot * p.dims
                          : reinterpret_cast<Acc*>(Scratch(thread_index) + plan.scratch.grad_row);
-        PointsOfHead(b, q, h, slot, g_row, cursors, thread_index);
+        PointsOfHead(b, q, h, slot, g_row, Sink{cursors, nullptr}, RowsOf(b, h), thread_index);
       }
     }
   }
 
-  void PointsOfHead(int64_t b, int64_t q, int64_t h, int64_t slot, Acc* g_row, int64_t* cursors,
-                    int thread_index) const {
-    const T* value = ValueOf(b, h);
-    const int64_t key_stride = KeyStride();
-    const int64_t dim_stride = DimStride();
-    Entry<Acc>* entries = Entries();
+  void PointsOfHead(int64_t b, int64_t q, int64_t h, int64_t slot, Acc* g_row, const Sink& sink,
+                    const HeadRows& rows, int thread_index) const {
+    const T* value = rows.value;
+    const int64_t key_stride = rows.key_stride;
+    const int64_t dim_stride = rows.dim_stride;
     {
       const T* g_src = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
                        q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2];
@@ -219,8 +257,7 @@ struct BackwardKernel {
       }
       if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
         if (levels != nullptr) {
-          PointsOfHeadSimd(b, q, h, slot, g_row, cursors, value, key_stride, dim_stride,
-                           thread_index);
+          PointsOfHeadSimd(b, q, h, slot, g_row, sink, rows, thread_index);
           return;
         }
       }
@@ -239,12 +276,8 @@ struct BackwardKernel {
               dot[c] = dim_stride == 1 ? DotRow<T, Acc>(g_row, row, p.dims)
                                        : Dot<T, Acc>(g_row, row, dim_stride, p.dims);
             }
-            if (cursors != nullptr) {
-              WritePair(g.row[0], g.row[1], g.weight[0] * a, g.weight[1] * a, h, slot, cursors,
-                        entries);
-              WritePair(g.row[2], g.row[3], g.weight[2] * a, g.weight[3] * a, h, slot, cursors,
-                        entries);
-            }
+            Contribute(sink, g.row[0], g.row[1], g.weight[0] * a, g.weight[1] * a, h, slot, g_row);
+            Contribute(sink, g.row[2], g.row[3], g.weight[2] * a, g.weight[3] * a, h, slot, g_row);
             const Acc hh = Acc(1) - g.lh, hw = Acc(1) - g.lw;
             grad_a = g.weight[0] * dot[0] + g.weight[1] * dot[1] + g.weight[2] * dot[2] +
                      g.weight[3] * dot[3];
@@ -264,8 +297,10 @@ struct BackwardKernel {
   // points; the grad_value contributions. Same formulas as the scalar path, and the same
   // contribution order (point, then corner).
   void PointsOfHeadSimd(int64_t b, int64_t q, int64_t h, int64_t slot, const Acc* g_row,
-                        int64_t* cursors, const T* value, int64_t key_stride, int64_t dim_stride,
-                        int thread_index) const {
+                        const Sink& sink, const HeadRows& head_rows, int thread_index) const {
+    const T* value = head_rows.value;
+    const int64_t key_stride = head_rows.key_stride;
+    const int64_t dim_stride = head_rows.dim_stride;
     const Corners k = SimdCorners(b, q, h, thread_index, true);
     const int64_t num_points = p.num_levels() * p.points;
     const int64_t stride = k.stride;
@@ -279,7 +314,7 @@ struct BackwardKernel {
 
     // 1. grad_output . corner row, 0 for corners off the map. Every row is prefetched first:
     // the dot products' reduction chains otherwise keep few of these misses in flight.
-    for (int c = 0; c < 4 && bp().prefetch_rows; ++c) {
+    for (int c = 0; c < 4 && head_rows.prefetch; ++c) {
       for (int64_t i = 0; i < num_points; ++i) {
         const int32_t r = k.rows[c * stride + i];
         if (r >= 0) value_rows.Prefetch(value, r);
@@ -354,14 +389,20 @@ struct BackwardKernel {
     }
     WritePointGradients(b, q, h, grad_x, grad_y, grad_a);
 
-    // 3. grad_value contributions of the in-map corners, at the counting sort's cursors.
-    if (cursors == nullptr) return;
-    Entry<Acc>* entries = Entries();
-    for (int64_t i = 0; i < num_points; ++i) {
-      for (int pair = 0; pair < 2; ++pair) {
-        const int64_t at = 2 * pair * stride + i;
-        WritePair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot, cursors,
-                  entries);
+    // 3. grad_value contributions of the in-map corners, into the sink.
+    if (sink.rows != nullptr) {
+      for (int64_t i = 0; i < num_points; ++i) {
+        for (int64_t at = i; at < 4 * stride; at += 2 * stride) {  // Corner pairs (0, 1), (2, 3).
+          AddPair(sink.rows, k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], g_row);
+        }
+      }
+    } else if (sink.cursors != nullptr) {
+      Entry<Acc>* entries = Entries();
+      for (int64_t i = 0; i < num_points; ++i) {
+        for (int64_t at = i; at < 4 * stride; at += 2 * stride) {
+          WritePair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot,
+                    sink.cursors, entries);
+        }
       }
     }
   }
@@ -516,6 +557,74 @@ struct BackwardKernel {
     }
   }
 
+  static constexpr int64_t kQueriesAhead = 6;
+  // The first 128 bytes of (batch, query, head)'s locations, weights and grad_output, and of
+  // its location and weight gradients.
+  void PrefetchQuery(int64_t b, int64_t q, int64_t h) const {
+    const auto fetch = [](const void* at) {
+      PrefetchLine(at);
+      PrefetchLine(static_cast<const char*>(at) + 64);
+    };
+    fetch(LocAt(b, q, h, 0));
+    fetch(AttnAt(b, q, h, 0));
+    fetch(static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
+          q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2]);
+    if (prm.grad_loc != nullptr) {
+      fetch(static_cast<const L*>(prm.grad_loc) + b * prm.grad_loc_stride[0] +
+            q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2]);
+    }
+    if (prm.grad_attn != nullptr) {
+      fetch(static_cast<const T*>(prm.grad_attn) + b * prm.grad_attn_stride[0] +
+            q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2]);
+    }
+  }
+
+  // By-head mode (see BackwardPlan): task (batch, head) on worker w uses the worker's buffer,
+  // an accumulator of the head's rows and, with head_copy, a contiguous copy of its value rows.
+  void RunByHead() const {
+    const BackwardPlan& plan_b = bp();
+    const int64_t dims = p.dims;
+    ParallelFor(plan_b.head_workers, p.batch * p.heads, [&](int64_t task, int worker) {
+      const int64_t b = task / p.heads, h = task % p.heads;
+      char* buffer = workspace + plan_b.head_buffers_offset + worker * plan_b.head_buffer_bytes;
+      Acc* accum = reinterpret_cast<Acc*>(buffer);
+      std::memset(accum, 0, sizeof(Acc) * p.keys * dims);  // All-zero bits are 0.0.
+      HeadRows rows = RowsOf(b, h);
+      if (plan_b.head_copy) {
+        T* copy = reinterpret_cast<T*>(buffer + plan_b.head_copy_offset);
+        for (int64_t k = 0; k < p.keys; ++k) {
+          const T* src = rows.value + k * rows.key_stride;
+          T* dst = copy + k * dims;
+          if (rows.dim_stride == 1) {
+            std::copy(src, src + dims, dst);
+          } else {
+            for (int64_t d = 0; d < dims; ++d) dst[d] = src[d * rows.dim_stride];
+          }
+        }
+        rows = HeadRows{copy, dims, 1, false};
+      }
+      Acc* g_row = reinterpret_cast<Acc*>(Scratch(worker) + plan.scratch.grad_row);
+      for (int64_t q = 0; q < p.queries; ++q) {
+        // One head's slices of the per-query tensors are a few hundred bytes apart from one
+        // query to the next, across pages every few queries, where the hardware prefetchers
+        // stop: fetch them a few queries ahead.
+        if (q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
+        PointsOfHead(b, q, h, 0, g_row, Sink{nullptr, accum}, rows, worker);
+      }
+      const int64_t* st = prm.grad_value_stride;
+      T* grad_value = static_cast<T*>(prm.grad_value) + b * st[0] + h * st[2];
+      for (int64_t k = 0; k < p.keys; ++k) {
+        T* dst = grad_value + k * st[1];
+        const Acc* src = accum + k * dims;
+        if (st[3] == 1) {
+          NarrowRow<T, Acc>(src, dims, dst);
+        } else {
+          for (int64_t d = 0; d < dims; ++d) Store<Acc>(dst + d * st[3], src[d]);
+        }
+      }
+    });
+  }
+
   void RunWithoutValueGradient() const {
     // Tasks are (batch, chunk of queries); nothing is shared between them.
     const int64_t chunk = bp().chunk_queries;
@@ -549,7 +658,9 @@ void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
         ValueRows<T>{
             e.problem, e.params,
             copy ? reinterpret_cast<const T*>(ws + e.plan.backward.value_copy_offset) : nullptr}};
-    if (grads.value) {
+    if (grads.value && e.plan.backward.by_head) {
+      kernel.RunByHead();
+    } else if (grads.value) {
       kernel.RunWithValueGradient();
     } else {
       kernel.RunWithoutValueGradient();

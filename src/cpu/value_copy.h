@@ -7,13 +7,24 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "hwy/cache_control.h"
 #include "params.h"
 #include "shape.h"
 #include "threads.h"
 
 namespace msda {
 namespace cpu {
+
+// Starts loading the cache line holding `at` into every cache level. Inline assembly on x86:
+// GCC 12 silently drops __builtin_prefetch, and so Highway's Prefetch, from the per-target
+// kernel templates (a plain function in the same file keeps it), which left every software
+// prefetch of the kernels compiled to nothing; an asm statement cannot be dropped.
+inline void PrefetchLine(const void* at) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(at)));
+#else
+  __builtin_prefetch(at, 0, 3);
+#endif
+}
 
 // Where the rows of one (batch, head) are, and their strides.
 template <typename T>
@@ -37,7 +48,7 @@ struct ValueRows {
     constexpr int64_t kLine = 64;
     const int64_t bytes = std::min<int64_t>(p.dims * DimStride() * int64_t{sizeof(T)}, 4 * kLine);
     const char* start = reinterpret_cast<const char*>(rows + row * KeyStride());
-    for (int64_t b = 0; b < bytes; b += kLine) hwy::Prefetch(start + b);
+    for (int64_t b = 0; b < bytes; b += kLine) PrefetchLine(start + b);
   }
 };
 

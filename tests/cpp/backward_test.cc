@@ -52,26 +52,26 @@ TEST_P(BackwardDtype, MatchesReferenceWhenQueriesShareCorners) {
       .TestBackward();
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllDtypes, BackwardDtype,
-    ::testing::Values(DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT32},
-                      DtypeCase{MSDA_FLOAT16, MSDA_FLOAT16, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT16, MSDA_FLOAT32, MSDA_INT32},
-                      DtypeCase{MSDA_BFLOAT16, MSDA_BFLOAT16, MSDA_INT32},
-                      DtypeCase{MSDA_BFLOAT16, MSDA_FLOAT32, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT64, MSDA_FLOAT64, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT64, MSDA_FLOAT32, MSDA_INT32}),
-    [](const ::testing::TestParamInfo<DtypeCase>& info) {
-      return std::string(DtypeName(std::get<0>(info.param))) + "_loc" +
-             DtypeName(std::get<1>(info.param)) + "_" + DtypeName(std::get<2>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(AllDtypes, BackwardDtype,
+                         ::testing::Values(DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT64},
+                                           DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT32},
+                                           DtypeCase{MSDA_FLOAT16, MSDA_FLOAT16, MSDA_INT64},
+                                           DtypeCase{MSDA_FLOAT16, MSDA_FLOAT32, MSDA_INT32},
+                                           DtypeCase{MSDA_BFLOAT16, MSDA_BFLOAT16, MSDA_INT32},
+                                           DtypeCase{MSDA_BFLOAT16, MSDA_FLOAT32, MSDA_INT64},
+                                           DtypeCase{MSDA_FLOAT64, MSDA_FLOAT64, MSDA_INT64},
+                                           DtypeCase{MSDA_FLOAT64, MSDA_FLOAT32, MSDA_INT32}),
+                         [](const ::testing::TestParamInfo<DtypeCase>& info) {
+                           return std::string(DtypeName(std::get<0>(info.param))) + "_loc" +
+                                  DtypeName(std::get<1>(info.param)) + "_" +
+                                  DtypeName(std::get<2>(info.param));
+                         });
 
 // ---------------------------------------------------------------------------------------------
 // Any subset of the three gradients.
 
-class BackwardSubset
-    : public ::testing::TestWithParam<std::tuple<bool, bool, bool, msdaDataType>> {};
+class BackwardSubset : public ::testing::TestWithParam<std::tuple<bool, bool, bool, msdaDataType>> {
+};
 
 TEST_P(BackwardSubset, ComputesExactlyTheRequestedGradients) {
   const auto [value, loc, attn, dtype] = GetParam();
@@ -104,15 +104,36 @@ INSTANTIATE_TEST_SUITE_P(
 // Map shapes and sizes.
 
 TEST(BackwardShapes, OneByOneMap) {
-  MsdaTester().Queries(9).Heads(2).Dims(3).Points(4).LevelShapes({{1, 1}}).LocRange(-0.6, 1.6).TestBackward();
+  MsdaTester()
+      .Queries(9)
+      .Heads(2)
+      .Dims(3)
+      .Points(4)
+      .LevelShapes({{1, 1}})
+      .LocRange(-0.6, 1.6)
+      .TestBackward();
 }
 
 TEST(BackwardShapes, OneRowMap) {
-  MsdaTester().Queries(9).Heads(2).Dims(3).Points(4).LevelShapes({{1, 9}}).LocRange(-0.3, 1.3).TestBackward();
+  MsdaTester()
+      .Queries(9)
+      .Heads(2)
+      .Dims(3)
+      .Points(4)
+      .LevelShapes({{1, 9}})
+      .LocRange(-0.3, 1.3)
+      .TestBackward();
 }
 
 TEST(BackwardShapes, OneColumnMap) {
-  MsdaTester().Queries(9).Heads(2).Dims(3).Points(4).LevelShapes({{9, 1}}).LocRange(-0.3, 1.3).TestBackward();
+  MsdaTester()
+      .Queries(9)
+      .Heads(2)
+      .Dims(3)
+      .Points(4)
+      .LevelShapes({{9, 1}})
+      .LocRange(-0.3, 1.3)
+      .TestBackward();
 }
 
 TEST(BackwardShapes, DegenerateMapsTogether) {
@@ -230,9 +251,7 @@ TEST(BackwardEnvelope, ManyContributionsPerQuery) {
 // ---------------------------------------------------------------------------------------------
 // Empty problems.
 
-TEST(BackwardEmpty, ZeroBatch) {
-  MsdaTester().Batch(0).Queries(5).TestBackward();
-}
+TEST(BackwardEmpty, ZeroBatch) { MsdaTester().Batch(0).Queries(5).TestBackward(); }
 
 TEST(BackwardEmpty, ZeroQueriesWritesZerosToGradValue) {
   // No query samples anything: grad_value (NaN-filled before the call) must become zeros.
@@ -247,7 +266,12 @@ TEST(BackwardEmpty, ZeroQueriesWritesZerosToGradValue) {
     }
   }
   // Also with a strided grad_value and no other gradient.
-  MsdaTester().Batch(2).Queries(0).Grads(true, false, false).GradValueLayout(Permuted({0, 2, 1, 3}, 2, 5)).TestBackward();
+  MsdaTester()
+      .Batch(2)
+      .Queries(0)
+      .Grads(true, false, false)
+      .GradValueLayout(Permuted({0, 2, 1, 3}, 2, 5))
+      .TestBackward();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,8 +361,7 @@ TEST_P(BackwardLayout, EverythingPermutedAtOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardLayout,
-                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16,
-                                           MSDA_FLOAT64),
+                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16, MSDA_FLOAT64),
                          [](const ::testing::TestParamInfo<msdaDataType>& i) {
                            return std::string(DtypeName(i.param));
                          });
@@ -442,12 +465,10 @@ TEST_P(BackwardSpecial, MatchesReferenceAndGivesZeroGradientsOutsideTheGate) {
 
 INSTANTIATE_TEST_SUITE_P(
     Dtypes, BackwardSpecial,
-    ::testing::Values(std::make_tuple(MSDA_FLOAT32, MSDA_FLOAT32),
-                      std::make_tuple(MSDA_FLOAT16, MSDA_FLOAT16),
-                      std::make_tuple(MSDA_FLOAT16, MSDA_FLOAT32),
-                      std::make_tuple(MSDA_BFLOAT16, MSDA_BFLOAT16),
-                      std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT64),
-                      std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT32)),
+    ::testing::Values(
+        std::make_tuple(MSDA_FLOAT32, MSDA_FLOAT32), std::make_tuple(MSDA_FLOAT16, MSDA_FLOAT16),
+        std::make_tuple(MSDA_FLOAT16, MSDA_FLOAT32), std::make_tuple(MSDA_BFLOAT16, MSDA_BFLOAT16),
+        std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT64), std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT32)),
     [](const ::testing::TestParamInfo<std::tuple<msdaDataType, msdaDataType>>& i) {
       return std::string(DtypeName(std::get<0>(i.param))) + "_loc" +
              DtypeName(std::get<1>(i.param));
@@ -488,15 +509,19 @@ TEST(BackwardSpecial, OnlyNonContributingPointsGiveAllZeroGradients) {
 
 void ExpectDeterministic(MsdaTester base, int repeats_per_count) {
   const Inputs in = base.MakeInputs();
-  const MsdaTester::BackwardRun first = MsdaTester(base).Threads(1).RunBackward(in, repeats_per_count);
+  const MsdaTester::BackwardRun first =
+      MsdaTester(base).Threads(1).RunBackward(in, repeats_per_count);
   ASSERT_FALSE(::testing::Test::HasFailure());
   for (int threads : {1, 2, 3, 8}) {
     for (int run = 0; run < 2; ++run) {
       const MsdaTester::BackwardRun again =
           MsdaTester(base).Threads(threads).RunBackward(in, repeats_per_count);
-      EXPECT_TRUE(again.value_bytes == first.value_bytes) << "grad_value, " << threads << " threads";
-      EXPECT_TRUE(again.loc_bytes == first.loc_bytes) << "grad_sampling_locations, " << threads << " threads";
-      EXPECT_TRUE(again.attn_bytes == first.attn_bytes) << "grad_attention_weights, " << threads << " threads";
+      EXPECT_TRUE(again.value_bytes == first.value_bytes)
+          << "grad_value, " << threads << " threads";
+      EXPECT_TRUE(again.loc_bytes == first.loc_bytes)
+          << "grad_sampling_locations, " << threads << " threads";
+      EXPECT_TRUE(again.attn_bytes == first.attn_bytes)
+          << "grad_attention_weights, " << threads << " threads";
     }
   }
 }
@@ -525,6 +550,16 @@ TEST_P(BackwardDeterminism, SeveralReductionPasses) {
   MsdaTester base;
   base.Queries(20000).Heads(4).Dims(4).Points(8).LevelShapes({{4, 4}});
   base.Dtype(GetParam()).Grads(true, false, false);
+  ExpectDeterministic(base, 1);
+}
+
+TEST_P(BackwardDeterminism, ByHeadAndCountingSortAgreeBitwise) {
+  // Two (batch, head) tasks: 1, 2 and 3 threads run the by-head mode, 8 threads the counting
+  // sort (plan_test.cc checks the rule), so the comparison spans both. D = 21 has a vector
+  // part and a scalar tail on every target.
+  MsdaTester base;
+  base.Batch(1).Queries(1500).Heads(2).Dims(21).Points(4).LevelShapes({{3, 5}, {2, 2}, {1, 1}});
+  base.Dtype(GetParam()).LocRange(-0.1, 1.1);
   ExpectDeterministic(base, 1);
 }
 
@@ -561,8 +596,7 @@ TEST_P(BackwardHeadMajor, ValueWithStridedEmbedDimAndGradValueWithGaps) {
 TEST_P(BackwardHeadMajor, ResultDoesNotDependOnTheThreadCount) { ExpectDeterministic(Base(), 1); }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardHeadMajor,
-                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16,
-                                           MSDA_FLOAT64),
+                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16, MSDA_FLOAT64),
                          [](const ::testing::TestParamInfo<msdaDataType>& i) {
                            return std::string(DtypeName(i.param));
                          });
@@ -584,8 +618,8 @@ TEST(BackwardTolerance, CatchesAMisplacedContribution) {
   bool nonzero = false;
   for (int64_t d = 0; d < p.dims; ++d) nonzero |= ref.grad_value[p.value_index(0, 0, 0, d)] != 0;
   if (nonzero) {
-    EXPECT_GT(CountMismatches("grad_value", run.grad_value, moved, ref.bound_value,
-                              MSDA_FLOAT32, p.value_dims(), false),
+    EXPECT_GT(CountMismatches("grad_value", run.grad_value, moved, ref.bound_value, MSDA_FLOAT32,
+                              p.value_dims(), false),
               0);
   }
   std::vector<double> sign = ref.grad_loc;

@@ -22,6 +22,11 @@ Problem Encoder() {
   return p;
 }
 
+// A machine whose backward always takes the counting sort (MSDA_BY_HEAD=0).
+Machine CountingSort(int threads, bool prefetch = true, bool head_major = true) {
+  return Machine{threads, prefetch, head_major, false};
+}
+
 TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
   for (int threads : {1, 2, 3, 8, 64}) {
     for (int64_t queries : {0, 1, 7, 900, 20197}) {
@@ -71,7 +76,7 @@ TEST(Plans, PrefetchFollowsTheMachineAndTheForwardSkipsItOnTheHeadMajorCopy) {
   ASSERT_TRUE(MakeForwardPlan(p, Machine{2, false}, &plan));
   EXPECT_FALSE(plan.prefetch);
   EXPECT_FALSE(plan.forward.prefetch_rows);
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2, false}, GradientSet{}, &plan));
+  ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2, false), GradientSet{}, &plan));
   EXPECT_FALSE(plan.prefetch);
   EXPECT_NE(DescribePlan(p, plan).find("prefetch=0"), std::string::npos);
 }
@@ -83,14 +88,23 @@ TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
   ASSERT_TRUE(MakeForwardPlan(Encoder(), Machine{2, true, false}, &plan));
   EXPECT_FALSE(plan.forward.head_major);
   EXPECT_TRUE(plan.forward.prefetch_rows);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, false}, grads, &plan));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, true, false), grads, &plan));
   EXPECT_FALSE(plan.backward.head_major);
   EXPECT_TRUE(plan.backward.prefetch_rows);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, true}, grads, &plan));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, true, true), grads, &plan));
   EXPECT_TRUE(plan.backward.head_major);
   EXPECT_FALSE(plan.backward.prefetch_rows);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, false, false}, grads, &plan));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, false, false), grads, &plan));
   EXPECT_FALSE(plan.backward.prefetch_rows);
+  // By head, the switch turns the per-task copy of a head's rows off.
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, true}, grads, &plan));
+  EXPECT_TRUE(plan.backward.by_head);
+  EXPECT_TRUE(plan.backward.head_copy);
+  EXPECT_FALSE(plan.backward.prefetch_rows);
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, false}, grads, &plan));
+  EXPECT_TRUE(plan.backward.by_head);
+  EXPECT_FALSE(plan.backward.head_copy);
+  EXPECT_TRUE(plan.backward.prefetch_rows);
 }
 
 TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
@@ -123,7 +137,8 @@ TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
     p.value_dtype = dtype;
     ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
     EXPECT_TRUE(plan.forward.head_major) << dtype;
-    ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));  // BackwardHeadMajor.
+    // BackwardHeadMajor, under MSDA_BY_HEAD=0.
+    ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2), GradientSet{}, &plan));
     EXPECT_TRUE(plan.backward.head_major) << dtype;
   }
   p = Encoder();
@@ -166,9 +181,9 @@ TEST(BackwardPlan, SizesDoNotDependOnTheThreadCount) {
   // Determinism across thread counts rests on this: chunking, passes and key blocks fix the
   // summation order of grad_value.
   Plan one, many;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{1}, GradientSet{}, &one));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(1), GradientSet{}, &one));
   for (int threads : {2, 3, 8, 61}) {
-    ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{threads}, GradientSet{}, &many));
+    ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(threads), GradientSet{}, &many));
     EXPECT_EQ(one.backward.chunk_queries, many.backward.chunk_queries);
     EXPECT_EQ(one.backward.pass_queries, many.backward.pass_queries);
     EXPECT_EQ(one.backward.key_block_rows, many.backward.key_block_rows);
@@ -179,7 +194,7 @@ TEST(BackwardPlan, SizesDoNotDependOnTheThreadCount) {
 TEST(BackwardPlan, WorkspaceRegionsAreDisjointAndInBounds) {
   Plan plan;
   const Problem p = Encoder();
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2), GradientSet{}, &plan));
   const BackwardPlan& b = plan.backward;
   const int64_t acc = plan.acc_bytes;
   struct Region {
@@ -216,7 +231,7 @@ TEST(BackwardPlan, SplitsQueriesIntoPassesToBoundTheContributionBuffer) {
   p.keys = 256;
   p.points = 16;
   Plan plan;
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2), GradientSet{}, &plan));
   const BackwardPlan& b = plan.backward;
   EXPECT_GT(b.num_passes, 1);
   EXPECT_LE(b.entry_capacity * b.entry_bytes, kBackwardEntryBudgetBytes);
@@ -255,8 +270,10 @@ TEST(Plans, FitTheStandardShapesInto64MiB) {
       for (bool in_place : {false, true}) {
         GradientSet grads;
         grads.value_in_place = in_place;
-        ASSERT_TRUE(MakeBackwardPlan(p, Machine{16}, grads, &b));
-        EXPECT_LE(b.workspace_bytes, uint64_t{64} << 20) << dtype << " " << in_place;
+        for (bool by_head : {false, true}) {
+          ASSERT_TRUE(MakeBackwardPlan(p, Machine{16, true, true, by_head}, grads, &b));
+          EXPECT_LE(b.workspace_bytes, uint64_t{64} << 20) << dtype << " " << in_place;
+        }
       }
     }
   }
@@ -265,16 +282,16 @@ TEST(Plans, FitTheStandardShapesInto64MiB) {
   Plan b;
   GradientSet grads;
   grads.value_in_place = true;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &b));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), grads, &b));
   EXPECT_TRUE(b.backward.head_major);
 }
 
 TEST(BackwardPlan, InPlaceGradValueNeedsNoAccumulator) {
   Plan in_place, copied;
   GradientSet grads;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &copied));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), grads, &copied));
   grads.value_in_place = true;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &in_place));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), grads, &in_place));
   EXPECT_GE(copied.backward.accum_offset, 0);
   EXPECT_EQ(in_place.backward.accum_offset, -1);
   const Problem p = Encoder();
@@ -282,6 +299,78 @@ TEST(BackwardPlan, InPlaceGradValueNeedsNoAccumulator) {
   const int64_t copies = int64_t{in_place.backward.head_major} - copied.backward.head_major;
   EXPECT_EQ(static_cast<int64_t>(copied.workspace_bytes - in_place.workspace_bytes),
             value_bytes - copies * value_bytes);
+}
+
+TEST(BackwardPlan, GoesByHeadWhenTheBatchAndHeadPairsKeepTheThreadsBusy) {
+  // Rounds of (batch, head) tasks times threads at most twice the tasks.
+  struct Case {
+    int64_t batch, heads;
+    int threads;
+    bool by_head;
+  };
+  const Case cases[] = {{1, 8, 1, true},  {1, 8, 2, true},   {1, 8, 3, true},  {1, 8, 5, true},
+                        {1, 8, 6, true},  {1, 8, 8, true},   {1, 8, 16, true}, {1, 8, 17, false},
+                        {4, 8, 16, true}, {1, 1, 2, true},   {1, 1, 3, false}, {2, 1, 4, true},
+                        {1, 2, 8, false}, {3, 3, 64, false}, {0, 8, 2, false}};
+  for (const Case& c : cases) {
+    Problem p = Encoder();
+    p.batch = c.batch;
+    p.heads = c.heads;
+    Plan plan;
+    ASSERT_TRUE(MakeBackwardPlan(p, Machine{c.threads}, GradientSet{}, &plan));
+    const BackwardPlan& b = plan.backward;
+    SCOPED_TRACE(::testing::Message()
+                 << "batch " << c.batch << " heads " << c.heads << " threads " << c.threads);
+    EXPECT_EQ(b.by_head, c.by_head);
+    if (!b.by_head) continue;
+    // One worker per thread and task, as many as the workspace budget holds (4 x 8 tasks
+    // on 16 threads: 12 buffers of 4.9 MiB).
+    const int64_t wanted = std::min<int64_t>(c.threads, c.batch * c.heads);
+    EXPECT_GE(b.head_workers, 1);
+    EXPECT_LE(b.head_workers, wanted);
+    EXPECT_LE(plan.workspace_bytes, static_cast<uint64_t>(kWorkspaceBudgetBytes));
+    if (b.head_workers < wanted) {
+      EXPECT_GT(plan.workspace_bytes + b.head_buffer_bytes,
+                static_cast<uint64_t>(kWorkspaceBudgetBytes));
+    }
+    EXPECT_EQ(plan.num_threads, b.head_workers);
+    EXPECT_EQ(b.head_copy, c.heads > 1);
+    // Scratch, then one buffer per worker: the accumulator of a head's rows, then its copy.
+    const int64_t rows = p.keys * p.dims * 4;
+    EXPECT_EQ(b.head_buffers_offset % 64, 0);
+    EXPECT_GE(b.head_buffers_offset, plan.num_threads * plan.scratch.bytes);
+    EXPECT_EQ(b.head_buffer_bytes % 64, 0);
+    EXPECT_GE(b.head_copy_offset, b.head_copy ? rows : 0);
+    EXPECT_GE(b.head_buffer_bytes, b.head_copy_offset + (b.head_copy ? rows : 0));
+    EXPECT_GE(b.head_buffer_bytes, rows);
+    EXPECT_EQ(plan.workspace_bytes,
+              static_cast<uint64_t>(b.head_buffers_offset + b.head_workers * b.head_buffer_bytes));
+  }
+  // Not without grad_value, nor when the machine turns it off.
+  Plan plan;
+  GradientSet grads;
+  grads.value = false;
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &plan));
+  EXPECT_FALSE(plan.backward.by_head);
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.by_head);
+}
+
+TEST(BackwardPlan, ByHeadBuffersStayWithinTheWorkspaceBudget) {
+  Problem p = Encoder();
+  p.dims = 256;  // 20 + 20 MiB a worker in fp32: one fits, two do not.
+  Plan plan;
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  EXPECT_TRUE(plan.backward.by_head);
+  EXPECT_EQ(plan.backward.head_workers, 1);
+  EXPECT_LE(plan.workspace_bytes, static_cast<uint64_t>(kWorkspaceBudgetBytes));
+  // One worker for two threads is 4 rounds of 8 tasks: 4 * 2 <= 16, still by head. For eight
+  // threads it is not.
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{8}, GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.by_head);
+  p.dims = 1024;  // Not even one worker's buffer fits: the counting sort.
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.by_head);
 }
 
 TEST(Plans, ReportOverflowInsteadOfWrapping) {
@@ -294,10 +383,12 @@ TEST(Plans, ReportOverflowInsteadOfWrapping) {
 
 TEST(Plans, DescribeNamesTheDecisions) {
   Plan plan;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, GradientSet{}, &plan));
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), GradientSet{}, &plan));
   const std::string text = DescribePlan(Encoder(), plan);
   EXPECT_NE(text.find("backward"), std::string::npos);
   EXPECT_NE(text.find("key blocks"), std::string::npos);
+  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, GradientSet{}, &plan));
+  EXPECT_NE(DescribePlan(Encoder(), plan).find("by_head=1"), std::string::npos);
   ASSERT_TRUE(MakeForwardPlan(Encoder(), Machine{2}, &plan));
   EXPECT_NE(DescribePlan(Encoder(), plan).find("query_block"), std::string::npos);
 }
