@@ -92,9 +92,11 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
     return false;
   }
   const bool copy = machine.head_major && p.heads > 1;
+  // dims <= head_rows < 2^23: no overflow below. Rows 8-byte aligned for fp64 accumulators.
+  const int64_t row_bytes =
+      CeilDiv(p.dims * (plan->acc_bytes + (copy ? ElementSize(p.value_dtype) : 0)), 8) * 8;
   Layout buffer;
-  buffer.Add(head_rows, plan->acc_bytes);
-  const int64_t copy_offset = copy ? buffer.Add(head_rows, ElementSize(p.value_dtype)) : 0;
+  buffer.Add(p.keys, row_bytes);
   const int64_t scratch_bytes = plan->scratch.bytes;
   const int64_t spare = kWorkspaceBudgetBytes - threads * std::min<int64_t>(scratch_bytes, 1 << 20);
   const int64_t fit = buffer.size() > 0 ? spare / buffer.size() : threads;
@@ -108,7 +110,7 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
   b.prefetch_rows = machine.prefetch && !copy;  // As elsewhere: only off a copy.
   b.head_workers = static_cast<int>(workers);
   b.head_buffer_bytes = buffer.size();
-  b.head_copy_offset = copy_offset;
+  b.head_row_bytes = row_bytes;
   plan->num_threads = b.head_workers;
   Layout layout;
   layout.Add(plan->num_threads, scratch_bytes);
@@ -291,11 +293,11 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
       std::snprintf(buf, sizeof(buf),
                     "  grads: value=%d locations=%d weights=%d\n"
                     "  by_head=1: tasks=(batch, head) %lld, workers=%d, buffers at %lld of %lld "
-                    "B (accumulator, then head copy at %lld; head_copy=%d)\n",
+                    "B (rows of %lld B: accumulator, then value if head_copy=%d)\n",
                     b.grads.value, b.grads.locations, b.grads.weights,
                     (long long)(p.batch * p.heads), b.head_workers,
                     (long long)b.head_buffers_offset, (long long)b.head_buffer_bytes,
-                    (long long)b.head_copy_offset, b.head_copy ? 1 : 0);
+                    (long long)b.head_row_bytes, b.head_copy ? 1 : 0);
       s += buf;
       return s;
     }

@@ -101,6 +101,7 @@ struct BackwardKernel {
   struct Sink {
     int64_t* cursors = nullptr;
     Acc* rows = nullptr;
+    int64_t row_stride = 0;  // Between key rows of `rows`, in Acc elements.
   };
   // The value rows of one (batch, head) and whether to prefetch them before the dot products.
   struct HeadRows {
@@ -170,20 +171,21 @@ struct BackwardKernel {
 
   // By-head mode: a horizontal corner pair's contributions (rows -1 when off the map) added to
   // the head's accumulator rows, left corner first, as Reduce adds a pair entry.
-  void AddPair(Acc* rows, int64_t left, int64_t right, Acc coef_left, Acc coef_right,
+  void AddPair(const Sink& sink, int64_t left, int64_t right, Acc coef_left, Acc coef_right,
                const Acc* g_row) const {
-    const int64_t dims = p.dims;
+    const int64_t dims = p.dims, stride = sink.row_stride;
     if (left >= 0 && right >= 0) {
-      AxpyRowPair<Acc>(rows + left * dims, coef_left, rows + right * dims, coef_right, g_row, dims);
+      AxpyRowPair<Acc>(sink.rows + left * stride, coef_left, sink.rows + right * stride, coef_right,
+                       g_row, dims);
       return;
     }
-    if (left >= 0) AxpyRow<Acc>(rows + left * dims, coef_left, g_row, dims);
-    if (right >= 0) AxpyRow<Acc>(rows + right * dims, coef_right, g_row, dims);
+    if (left >= 0) AxpyRow<Acc>(sink.rows + left * stride, coef_left, g_row, dims);
+    if (right >= 0) AxpyRow<Acc>(sink.rows + right * stride, coef_right, g_row, dims);
   }
   void Contribute(const Sink& sink, int64_t left, int64_t right, Acc coef_left, Acc coef_right,
                   int64_t h, int64_t slot, const Acc* g_row) const {
     if (sink.rows != nullptr) {
-      AddPair(sink.rows, left, right, coef_left, coef_right, g_row);
+      AddPair(sink, left, right, coef_left, coef_right, g_row);
     } else if (sink.cursors != nullptr) {
       WritePair(left, right, coef_left, coef_right, h, slot, sink.cursors, Entries());
     }
@@ -235,7 +237,7 @@ struct BackwardKernel {
         Acc* g_row = cursors != nullptr
                          ? GradRows() + slot * p.dims
                          : reinterpret_cast<Acc*>(Scratch(thread_index) + plan.scratch.grad_row);
-        PointsOfHead(b, q, h, slot, g_row, Sink{cursors, nullptr}, RowsOf(b, h), thread_index);
+        PointsOfHead(b, q, h, slot, g_row, Sink{cursors, nullptr, 0}, RowsOf(b, h), thread_index);
       }
     }
   }
@@ -312,54 +314,66 @@ struct BackwardKernel {
     float* grad_y = work + 10 * stride;
     float* grad_a = work + 11 * stride;
 
-    // 1. grad_output . corner row, 0 for corners off the map. Every row is prefetched first:
-    // the dot products' reduction chains otherwise keep few of these misses in flight.
-    for (int c = 0; c < 4 && head_rows.prefetch; ++c) {
-      for (int64_t i = 0; i < num_points; ++i) {
-        const int32_t r = k.rows[c * stride + i];
-        if (r >= 0) value_rows.Prefetch(value, r);
-      }
-    }
-    if (dim_stride == 1) {
-      // The four corners of a point together: one reduction for four dot products.
-      for (int64_t i = 0; i < num_points; ++i) {
-        const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
-                              k.rows[3 * stride + i]};
-        const int32_t any = std::max(std::max(r[0], r[1]), std::max(r[2], r[3]));
-        float d4[4] = {0, 0, 0, 0};
-        if (any >= 0) {
-          // Corners off the map read an on-map corner's row; their dot is dropped below.
-          const T* row[4];
-          for (int c = 0; c < 4; ++c) row[c] = value + int64_t{r[c] >= 0 ? r[c] : any} * key_stride;
-          DotRows4<T>(g_row, row[0], row[1], row[2], row[3], p.dims, d4);
-        }
-        for (int c = 0; c < 4; ++c) dots[c * stride + i] = r[c] >= 0 ? d4[c] : 0.0f;
-      }
-    } else {
-      for (int c = 0; c < 4; ++c) {
-        const int32_t* rows = k.rows + c * stride;
-        for (int64_t i = 0; i < num_points; ++i) {
-          dots[c * stride + i] =
-              rows[i] >= 0
-                  ? Dot<T, Acc>(g_row, value + int64_t{rows[i]} * key_stride, dim_stride, p.dims)
-                  : 0.0f;
-        }
-      }
-    }
+    const hn::ScalableTag<float> d;
+    const hn::RebindToSigned<decltype(d)> di;
+    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+
+    // 1. Attention weights and the corner coefficients (bilinear weight * attention weight),
+    // lanes over points.
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const T* a = AttnAt(b, q, h, l);
       for (int64_t pt = 0; pt < p.points; ++pt) {
         attn[l * p.points + pt] = Load<float>(a + pt * prm.attn_stride[4]);
       }
     }
-
-    // 2. Point gradients and corner coefficients, lanes over points. Points outside the gate
-    // (all four rows -1) get zero gradients, whatever their attention weight.
-    const hn::ScalableTag<float> d;
-    const hn::RebindToSigned<decltype(d)> di;
-    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
-    const auto one = hn::Set(d, 1.0f);
     for (int64_t i = 0; i < num_points; i += n) {  // Rows are padded to whole vectors.
+      const auto a = hn::LoadU(d, attn + i);
+      for (int c = 0; c < 4; ++c) {
+        hn::StoreU(hn::Mul(hn::LoadU(d, k.weights + c * stride + i), a), d, coefs + c * stride + i);
+      }
+    }
+
+    // 2. Per point: grad_output . corner row (0 for corners off the map) and, by head, the
+    // point's contributions to its corners' accumulator rows, while those keys are in cache.
+    // Rows are prefetched first where that pays: the dot products' reduction chains otherwise
+    // keep few misses in flight.
+    for (int c = 0; c < 4 && head_rows.prefetch; ++c) {
+      for (int64_t i = 0; i < num_points; ++i) {
+        const int32_t r = k.rows[c * stride + i];
+        if (r >= 0) value_rows.Prefetch(value, r);
+      }
+    }
+    for (int64_t i = 0; i < num_points; ++i) {
+      const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
+                            k.rows[3 * stride + i]};
+      const int32_t any = std::max(std::max(r[0], r[1]), std::max(r[2], r[3]));
+      float d4[4] = {0, 0, 0, 0};
+      if (any >= 0) {
+        if (dim_stride == 1) {
+          // The four corners together: one reduction for four dot products. Corners off the
+          // map read an on-map corner's row; their dot is dropped below.
+          const T* row[4];
+          for (int c = 0; c < 4; ++c) row[c] = value + int64_t{r[c] >= 0 ? r[c] : any} * key_stride;
+          DotRows4<T>(g_row, row[0], row[1], row[2], row[3], p.dims, d4);
+        } else {
+          for (int c = 0; c < 4; ++c) {
+            if (r[c] >= 0) {
+              d4[c] = Dot<T, Acc>(g_row, value + int64_t{r[c]} * key_stride, dim_stride, p.dims);
+            }
+          }
+        }
+        if (sink.rows != nullptr) {
+          AddPair(sink, r[0], r[1], coefs[i], coefs[stride + i], g_row);
+          AddPair(sink, r[2], r[3], coefs[2 * stride + i], coefs[3 * stride + i], g_row);
+        }
+      }
+      for (int c = 0; c < 4; ++c) dots[c * stride + i] = r[c] >= 0 ? d4[c] : 0.0f;
+    }
+
+    // 3. Point gradients, lanes over points. Points outside the gate (all four rows -1) get
+    // zero gradients, whatever their attention weight.
+    const auto one = hn::Set(d, 1.0f);
+    for (int64_t i = 0; i < num_points; i += n) {
       const auto all_rows = hn::And(
           hn::And(hn::LoadU(di, k.rows + i), hn::LoadU(di, k.rows + stride + i)),
           hn::And(hn::LoadU(di, k.rows + 2 * stride + i), hn::LoadU(di, k.rows + 3 * stride + i)));
@@ -382,24 +396,14 @@ struct BackwardKernel {
       hn::StoreU(hn::IfThenElseZero(inside, ga), d, grad_a + i);
       hn::StoreU(hn::IfThenElseZero(inside, gx), d, grad_x + i);
       hn::StoreU(hn::IfThenElseZero(inside, gy), d, grad_y + i);
-      hn::StoreU(hn::Mul(w0, a), d, coefs + i);
-      hn::StoreU(hn::Mul(w1, a), d, coefs + stride + i);
-      hn::StoreU(hn::Mul(w2, a), d, coefs + 2 * stride + i);
-      hn::StoreU(hn::Mul(w3, a), d, coefs + 3 * stride + i);
     }
     WritePointGradients(b, q, h, grad_x, grad_y, grad_a);
 
-    // 3. grad_value contributions of the in-map corners, into the sink.
-    if (sink.rows != nullptr) {
-      for (int64_t i = 0; i < num_points; ++i) {
-        for (int64_t at = i; at < 4 * stride; at += 2 * stride) {  // Corner pairs (0, 1), (2, 3).
-          AddPair(sink.rows, k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], g_row);
-        }
-      }
-    } else if (sink.cursors != nullptr) {
+    // 4. With the counting sort, the contributions as entries at the key blocks' cursors.
+    if (sink.cursors != nullptr) {
       Entry<Acc>* entries = Entries();
       for (int64_t i = 0; i < num_points; ++i) {
-        for (int64_t at = i; at < 4 * stride; at += 2 * stride) {
+        for (int64_t at = i; at < 4 * stride; at += 2 * stride) {  // Corner pairs (0, 1), (2, 3).
           WritePair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot,
                     sink.cursors, entries);
         }
@@ -580,28 +584,32 @@ struct BackwardKernel {
   }
 
   // By-head mode (see BackwardPlan): task (batch, head) on worker w uses the worker's buffer,
-  // an accumulator of the head's rows and, with head_copy, a contiguous copy of its value rows.
+  // per key an accumulator row and, with head_copy, a copy of the key's value row.
   void RunByHead() const {
     const BackwardPlan& plan_b = bp();
     const int64_t dims = p.dims;
     ParallelFor(plan_b.head_workers, p.batch * p.heads, [&](int64_t task, int worker) {
       const int64_t b = task / p.heads, h = task % p.heads;
       char* buffer = workspace + plan_b.head_buffers_offset + worker * plan_b.head_buffer_bytes;
-      Acc* accum = reinterpret_cast<Acc*>(buffer);
-      std::memset(accum, 0, sizeof(Acc) * p.keys * dims);  // All-zero bits are 0.0.
+      const int64_t row_bytes = plan_b.head_row_bytes;
+      const Sink sink{nullptr, reinterpret_cast<Acc*>(buffer),
+                      row_bytes / static_cast<int64_t>(sizeof(Acc))};
       HeadRows rows = RowsOf(b, h);
-      if (plan_b.head_copy) {
-        T* copy = reinterpret_cast<T*>(buffer + plan_b.head_copy_offset);
-        for (int64_t k = 0; k < p.keys; ++k) {
-          const T* src = rows.value + k * rows.key_stride;
-          T* dst = copy + k * dims;
-          if (rows.dim_stride == 1) {
-            std::copy(src, src + dims, dst);
-          } else {
-            for (int64_t d = 0; d < dims; ++d) dst[d] = src[d * rows.dim_stride];
-          }
+      for (int64_t k = 0; k < p.keys; ++k) {
+        char* row = buffer + k * row_bytes;
+        std::memset(row, 0, sizeof(Acc) * dims);  // All-zero bits are 0.0.
+        if (!plan_b.head_copy) continue;
+        const T* src = rows.value + k * rows.key_stride;
+        T* dst = reinterpret_cast<T*>(row + sizeof(Acc) * dims);
+        if (rows.dim_stride == 1) {
+          std::copy(src, src + dims, dst);
+        } else {
+          for (int64_t d = 0; d < dims; ++d) dst[d] = src[d * rows.dim_stride];
         }
-        rows = HeadRows{copy, dims, 1, false};
+      }
+      if (plan_b.head_copy) {
+        rows = HeadRows{reinterpret_cast<const T*>(buffer + sizeof(Acc) * dims),
+                        row_bytes / static_cast<int64_t>(sizeof(T)), 1, false};
       }
       Acc* g_row = reinterpret_cast<Acc*>(Scratch(worker) + plan.scratch.grad_row);
       for (int64_t q = 0; q < p.queries; ++q) {
@@ -609,13 +617,13 @@ struct BackwardKernel {
         // query to the next, across pages every few queries, where the hardware prefetchers
         // stop: fetch them a few queries ahead.
         if (q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
-        PointsOfHead(b, q, h, 0, g_row, Sink{nullptr, accum}, rows, worker);
+        PointsOfHead(b, q, h, 0, g_row, sink, rows, worker);
       }
       const int64_t* st = prm.grad_value_stride;
       T* grad_value = static_cast<T*>(prm.grad_value) + b * st[0] + h * st[2];
       for (int64_t k = 0; k < p.keys; ++k) {
         T* dst = grad_value + k * st[1];
-        const Acc* src = accum + k * dims;
+        const Acc* src = sink.rows + k * sink.row_stride;
         if (st[3] == 1) {
           NarrowRow<T, Acc>(src, dims, dst);
         } else {

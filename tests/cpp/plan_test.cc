@@ -335,14 +335,13 @@ TEST(BackwardPlan, GoesByHeadWhenTheBatchAndHeadPairsKeepTheThreadsBusy) {
     }
     EXPECT_EQ(plan.num_threads, b.head_workers);
     EXPECT_EQ(b.head_copy, c.heads > 1);
-    // Scratch, then one buffer per worker: the accumulator of a head's rows, then its copy.
-    const int64_t rows = p.keys * p.dims * 4;
+    // Scratch, then one buffer per worker: per key the accumulator row, then the value row.
     EXPECT_EQ(b.head_buffers_offset % 64, 0);
     EXPECT_GE(b.head_buffers_offset, plan.num_threads * plan.scratch.bytes);
     EXPECT_EQ(b.head_buffer_bytes % 64, 0);
-    EXPECT_GE(b.head_copy_offset, b.head_copy ? rows : 0);
-    EXPECT_GE(b.head_buffer_bytes, b.head_copy_offset + (b.head_copy ? rows : 0));
-    EXPECT_GE(b.head_buffer_bytes, rows);
+    EXPECT_EQ(b.head_row_bytes % 8, 0);
+    EXPECT_GE(b.head_row_bytes, p.dims * (b.head_copy ? 8 : 4));
+    EXPECT_GE(b.head_buffer_bytes, p.keys * b.head_row_bytes);
     EXPECT_EQ(plan.workspace_bytes,
               static_cast<uint64_t>(b.head_buffers_offset + b.head_workers * b.head_buffer_bytes));
   }
