@@ -116,7 +116,6 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
 
   b.by_head = true;
   b.head_copy = copy;
-  b.prefetch_rows = machine.prefetch && !copy;  // As elsewhere: only off a copy.
   b.head_workers = static_cast<int>(workers);
   b.head_buffer_bytes = buffer.size();
   b.head_row_bytes = row_bytes;
@@ -170,7 +169,6 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
     f.query_block =
         std::clamp<int64_t>(CeilDiv(std::max<int64_t>(p.queries, 1), blocks_per_row), 1, 256);
   }
-  f.prefetch_rows = machine.prefetch && !f.head_major;
   f.num_query_blocks = CeilDiv(p.queries, f.query_block);
   f.num_tiles = p.batch * f.num_head_groups * f.num_query_blocks;
   plan->num_threads =
@@ -259,7 +257,6 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
     int64_t value_bytes = 0;
     b.head_major = machine.head_major && WantsHeadMajorCopy(p, &value_bytes) &&
                    layout.size() + value_bytes <= kWorkspaceBudgetBytes;
-    b.prefetch_rows = machine.prefetch && !b.head_major;
     if (b.head_major) {
       b.value_copy_offset = layout.Add(value_bytes, 1);
       b.copy_block_keys = kCopyBlockKeys;
@@ -289,12 +286,11 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
     std::snprintf(buf, sizeof(buf),
                   "  tiles=(batch, head group, query block): query_block=%lld blocks=%lld "
                   "heads_per_tile=%lld tiles=%lld\n"
-                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys) "
-                  "prefetch_rows=%d\n",
+                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys)\n",
                   (long long)f.query_block, (long long)f.num_query_blocks,
                   (long long)f.heads_per_tile, (long long)f.num_tiles, f.head_major ? 1 : 0,
                   (long long)f.value_copy_offset, (long long)f.num_copy_blocks,
-                  (long long)f.copy_block_keys, f.prefetch_rows ? 1 : 0);
+                  (long long)f.copy_block_keys);
     s += buf;
   } else {
     const BackwardPlan& b = plan.backward;
@@ -310,22 +306,20 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
       s += buf;
       return s;
     }
-    std::snprintf(buf, sizeof(buf),
-                  "  grads: value=%d locations=%d weights=%d\n"
-                  "  passes=%lld x %lld queries, chunks/pass=%lld x %lld queries, "
-                  "key blocks=%lld x %lld rows\n"
-                  "  entries: %lld x %lld B at %lld; counts at %lld; grad rows at %lld; "
-                  "accumulator at %lld (-1: in place, in grad_value)\n"
-                  "  head_major=%d (value copy at %lld, %lld blocks of %lld keys) "
-                  "prefetch_rows=%d\n",
-                  b.grads.value, b.grads.locations, b.grads.weights, (long long)b.num_passes,
-                  (long long)b.pass_queries, (long long)b.chunks_per_pass,
-                  (long long)b.chunk_queries, (long long)b.num_key_blocks,
-                  (long long)b.key_block_rows, (long long)b.entry_capacity,
-                  (long long)b.entry_bytes, (long long)b.entries_offset, (long long)b.counts_offset,
-                  (long long)b.grad_rows_offset, (long long)b.accum_offset, b.head_major ? 1 : 0,
-                  (long long)b.value_copy_offset, (long long)b.num_copy_blocks,
-                  (long long)b.copy_block_keys, b.prefetch_rows ? 1 : 0);
+    std::snprintf(
+        buf, sizeof(buf),
+        "  grads: value=%d locations=%d weights=%d\n"
+        "  passes=%lld x %lld queries, chunks/pass=%lld x %lld queries, "
+        "key blocks=%lld x %lld rows\n"
+        "  entries: %lld x %lld B at %lld; counts at %lld; grad rows at %lld; "
+        "accumulator at %lld (-1: in place, in grad_value)\n"
+        "  head_major=%d (value copy at %lld, %lld blocks of %lld keys)\n",
+        b.grads.value, b.grads.locations, b.grads.weights, (long long)b.num_passes,
+        (long long)b.pass_queries, (long long)b.chunks_per_pass, (long long)b.chunk_queries,
+        (long long)b.num_key_blocks, (long long)b.key_block_rows, (long long)b.entry_capacity,
+        (long long)b.entry_bytes, (long long)b.entries_offset, (long long)b.counts_offset,
+        (long long)b.grad_rows_offset, (long long)b.accum_offset, b.head_major ? 1 : 0,
+        (long long)b.value_copy_offset, (long long)b.num_copy_blocks, (long long)b.copy_block_keys);
     s += buf;
   }
   return s;

@@ -15,7 +15,9 @@ enum class Direction { kForward, kBackward };
 
 struct Machine {
   int num_threads = 1;
-  bool prefetch = true;  // Software prefetch of corner rows (MSDA_PREFETCH=0 turns it off).
+  // Software prefetch of the per-query tensors in the by-head backward (MSDA_PREFETCH=0 turns
+  // it off).
+  bool prefetch = true;
   // The head-major value copy where the planner's rule asks for it (MSDA_HEAD_MAJOR=0 turns
   // it off).
   bool head_major = true;
@@ -46,10 +48,6 @@ struct GradientSet {
 // samples stays cached (encoder shape, one thread: 66 -> 42 ms, copy included).
 struct ForwardPlan {
   bool head_major = false;
-  // Prefetch the next (query, head)'s corner rows while gathering the current one: measured
-  // to help on the caller's layout (decoder shape, 2 threads: 1.1-2x) and not on the
-  // head-major copy (encoder: 0.85-1.0x), so only off head-major and with Plan::prefetch.
-  bool prefetch_rows = false;
   int64_t value_copy_offset = 0;  // The copy: T [heads][keys][dims], one batch item.
   int64_t copy_block_keys = 1;    // Keys per copy task.
   int64_t num_copy_blocks = 0;
@@ -115,10 +113,6 @@ struct BackwardPlan {
   int64_t accum_offset = -1;
   // Head-major value copy read by pass B, on the forward's rule (see ForwardPlan).
   bool head_major = false;
-  // Prefetch an item's corner rows before its dot products: like the forward's, measured to
-  // help on the caller's layout (decoder: 1.1-1.16x) and not on the copy (wide-batch:
-  // 0.76-0.90x, encoder: 1.0-1.2x), so only off head-major and with Plan::prefetch.
-  bool prefetch_rows = false;
   int64_t value_copy_offset = 0;
   int64_t copy_block_keys = 1;
   int64_t num_copy_blocks = 0;
@@ -141,8 +135,7 @@ struct ScratchLayout {
   // products [4], corner coefficients [4], the attention weights and the three gradients.
   int64_t point_work = 0;
   // A second compacted list, int32 key rows and fp32 weights [levels * points * 4 + 64]: the
-  // forward builds the next (query, head)'s list here, and prefetches its rows, while it
-  // gathers the current one.
+  // forward builds the next (query, head)'s list here before it gathers the current one.
   int64_t next_rows = 0;
   int64_t next_weights = 0;
   int64_t row = 0;       // acc [dims]
@@ -153,7 +146,13 @@ struct ScratchLayout {
 struct Plan {
   Direction direction = Direction::kForward;
   int num_threads = 1;
-  bool prefetch = true;   // The kernels prefetch corner rows ahead of their use.
+  // The by-head backward prefetches each query's slices of loc, attn, grad_output and the
+  // point gradients a few queries ahead: one head's slices are hundreds of bytes apart and
+  // cross a page every few queries, where the hardware prefetchers stop (encoder, one thread:
+  // 146 -> 120 ms). Prefetching corner rows ahead of their gathers was measured and dropped:
+  // 1.06-1.12x on the encoder's forward, but 0.7x on wide-batch and 0.82-0.85x on the
+  // decoder's forward, and no gain in the backward.
+  bool prefetch = true;
   int64_t acc_bytes = 4;  // 4: fp32 arithmetic; 8: fp64 (FLOAT64 problems).
   ForwardPlan forward;
   BackwardPlan backward;

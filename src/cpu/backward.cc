@@ -103,15 +103,14 @@ struct BackwardKernel {
     Acc* rows = nullptr;
     int64_t row_stride = 0;  // Between key rows of `rows`, in Acc elements.
   };
-  // The value rows of one (batch, head) and whether to prefetch them before the dot products.
+  // The value rows of one (batch, head).
   struct HeadRows {
     const T* value;
     int64_t key_stride;
     int64_t dim_stride;
-    bool prefetch;
   };
   HeadRows RowsOf(int64_t b, int64_t h) const {
-    return HeadRows{ValueOf(b, h), KeyStride(), DimStride(), bp().prefetch_rows};
+    return HeadRows{ValueOf(b, h), KeyStride(), DimStride()};
   }
 
   // The by-corner geometry of one (batch, query, head) in the thread's scratch (SIMD path).
@@ -335,14 +334,6 @@ struct BackwardKernel {
 
     // 2. Per point: grad_output . corner row (0 for corners off the map) and, by head, the
     // point's contributions to its corners' accumulator rows, while those keys are in cache.
-    // Rows are prefetched first where that pays: the dot products' reduction chains otherwise
-    // keep few misses in flight.
-    for (int c = 0; c < 4 && head_rows.prefetch; ++c) {
-      for (int64_t i = 0; i < num_points; ++i) {
-        const int32_t r = k.rows[c * stride + i];
-        if (r >= 0) value_rows.Prefetch(value, r);
-      }
-    }
     for (int64_t i = 0; i < num_points; ++i) {
       const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
                             k.rows[3 * stride + i]};
@@ -609,14 +600,14 @@ struct BackwardKernel {
       }
       if (plan_b.head_copy) {
         rows = HeadRows{reinterpret_cast<const T*>(buffer + sizeof(Acc) * dims),
-                        row_bytes / static_cast<int64_t>(sizeof(T)), 1, false};
+                        row_bytes / static_cast<int64_t>(sizeof(T)), 1};
       }
       Acc* g_row = reinterpret_cast<Acc*>(Scratch(worker) + plan.scratch.grad_row);
       for (int64_t q = 0; q < p.queries; ++q) {
         // One head's slices of the per-query tensors are a few hundred bytes apart from one
         // query to the next, across pages every few queries, where the hardware prefetchers
         // stop: fetch them a few queries ahead.
-        if (q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
+        if (plan.prefetch && q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
         PointsOfHead(b, q, h, 0, g_row, sink, rows, worker);
       }
       const int64_t* st = prm.grad_value_stride;

@@ -41,15 +41,6 @@ struct ValueRows {
   }
   int64_t KeyStride() const { return copy != nullptr ? p.dims : prm.value_stride[1]; }
   int64_t DimStride() const { return copy != nullptr ? 1 : prm.value_stride[3]; }
-
-  // Prefetches the cache lines of the first 256 bytes of key row `row` of `rows`
-  // (= Of(batch, head)).
-  void Prefetch(const T* rows, int64_t row) const {
-    constexpr int64_t kLine = 64;
-    const int64_t bytes = std::min<int64_t>(p.dims * DimStride() * int64_t{sizeof(T)}, 4 * kLine);
-    const char* start = reinterpret_cast<const char*>(rows + row * KeyStride());
-    for (int64_t b = 0; b < bytes; b += kLine) PrefetchLine(start + b);
-  }
 };
 
 // Keys [k_begin, k_end) of one batch item: copy[h][k][d] = value[batch, k, h, d], whatever the

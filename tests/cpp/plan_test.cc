@@ -63,22 +63,17 @@ TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
   }
 }
 
-TEST(Plans, PrefetchFollowsTheMachineAndTheForwardSkipsItOnTheHeadMajorCopy) {
+TEST(Plans, PrefetchFollowsTheMachine) {
   Plan plan;
-  Problem p = Encoder();
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, true}, &plan));
+  const Problem p = Encoder();
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2, true}, GradientSet{}, &plan));
   EXPECT_TRUE(plan.prefetch);
-  EXPECT_TRUE(plan.forward.head_major);
-  EXPECT_FALSE(plan.forward.prefetch_rows);
-  p.queries = 900;
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, true}, &plan));
-  EXPECT_TRUE(plan.forward.prefetch_rows);
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, false}, &plan));
-  EXPECT_FALSE(plan.prefetch);
-  EXPECT_FALSE(plan.forward.prefetch_rows);
-  ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2, false), GradientSet{}, &plan));
+  EXPECT_NE(DescribePlan(p, plan).find("prefetch=1"), std::string::npos);
+  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2, false}, GradientSet{}, &plan));
   EXPECT_FALSE(plan.prefetch);
   EXPECT_NE(DescribePlan(p, plan).find("prefetch=0"), std::string::npos);
+  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, false}, &plan));
+  EXPECT_FALSE(plan.prefetch);
 }
 
 TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
@@ -87,24 +82,17 @@ TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
   grads.value_in_place = true;
   ASSERT_TRUE(MakeForwardPlan(Encoder(), Machine{2, true, false}, &plan));
   EXPECT_FALSE(plan.forward.head_major);
-  EXPECT_TRUE(plan.forward.prefetch_rows);
   ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, true, false), grads, &plan));
   EXPECT_FALSE(plan.backward.head_major);
-  EXPECT_TRUE(plan.backward.prefetch_rows);
   ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, true, true), grads, &plan));
   EXPECT_TRUE(plan.backward.head_major);
-  EXPECT_FALSE(plan.backward.prefetch_rows);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, false, false), grads, &plan));
-  EXPECT_FALSE(plan.backward.prefetch_rows);
   // By head, the switch turns the per-task copy of a head's rows off.
   ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, true}, grads, &plan));
   EXPECT_TRUE(plan.backward.by_head);
   EXPECT_TRUE(plan.backward.head_copy);
-  EXPECT_FALSE(plan.backward.prefetch_rows);
   ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, false}, grads, &plan));
   EXPECT_TRUE(plan.backward.by_head);
   EXPECT_FALSE(plan.backward.head_copy);
-  EXPECT_TRUE(plan.backward.prefetch_rows);
 }
 
 TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
@@ -362,7 +350,6 @@ TEST(BackwardPlan, ByHeadCopiesAHeadsRowsOnlyWhenManyQueriesShareThem) {
   ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
   EXPECT_TRUE(plan.backward.by_head);
   EXPECT_FALSE(plan.backward.head_copy);
-  EXPECT_TRUE(plan.backward.prefetch_rows);
   EXPECT_EQ(plan.backward.head_row_bytes, p.dims * 4);
 }
 
