@@ -553,24 +553,35 @@ struct BackwardKernel {
   }
 
   static constexpr int64_t kQueriesAhead = 6;
-  // The first 128 bytes of (batch, query, head)'s locations, weights and grad_output, and of
-  // its location and weight gradients.
+  // (batch, query, head)'s slices of the locations, weights and grad_output, and of the
+  // location and weight gradients: every cache line they touch (a 128-byte row that does not
+  // start on a line spans three; fetching only two left the encoder at 130 ms instead of 102).
   void PrefetchQuery(int64_t b, int64_t q, int64_t h) const {
-    const auto fetch = [](const void* at) {
-      PrefetchLine(at);
-      PrefetchLine(static_cast<const char*>(at) + 64);
+    // The cache lines of [at, at + bytes), at most 512 bytes (rows need not start on a line).
+    const auto fetch = [](const void* at, int64_t bytes) {
+      const uintptr_t first = reinterpret_cast<uintptr_t>(at) & ~uintptr_t{63};
+      const uintptr_t end = reinterpret_cast<uintptr_t>(at) + std::min<int64_t>(bytes, 512);
+      for (uintptr_t line = first; line < end; line += 64) {
+        PrefetchLine(reinterpret_cast<const void*>(line));
+      }
     };
-    fetch(LocAt(b, q, h, 0));
-    fetch(AttnAt(b, q, h, 0));
+    const int64_t points = p.num_levels() * p.points;
+    const int64_t loc_bytes = 2 * points * int64_t{sizeof(L)};
+    const int64_t attn_bytes = points * int64_t{sizeof(T)};
+    fetch(LocAt(b, q, h, 0), loc_bytes);
+    fetch(AttnAt(b, q, h, 0), attn_bytes);
     fetch(static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
-          q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2]);
+              q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2],
+          p.dims * int64_t{sizeof(T)});
     if (prm.grad_loc != nullptr) {
       fetch(static_cast<const L*>(prm.grad_loc) + b * prm.grad_loc_stride[0] +
-            q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2]);
+                q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2],
+            loc_bytes);
     }
     if (prm.grad_attn != nullptr) {
       fetch(static_cast<const T*>(prm.grad_attn) + b * prm.grad_attn_stride[0] +
-            q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2]);
+                q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2],
+            attn_bytes);
     }
   }
 
