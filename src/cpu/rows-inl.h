@@ -192,12 +192,26 @@ HWY_INLINE void DotRows4(const float* HWY_RESTRICT g, const T* HWY_RESTRICT r0,
   const auto w01 = hn::BitCast(d64, t01), w23 = hn::BitCast(d64, t23);
   const auto sums = hn::Add(hn::BitCast(d, hn::InterleaveLower(d64, w01, w23)),
                             hn::BitCast(d, hn::InterleaveUpper(d64, w01, w23)));
-  HWY_ALIGN float lanes[HWY_MAX_BYTES / sizeof(float)];
-  hn::Store(sums, d, lanes);
-  for (int c = 0; c < 4; ++c) {
-    float s = lanes[c];
-    for (int64_t block = 4; block < n; block += 4) s += lanes[block + c];
-    out[c] = s;
+  // Each 128-bit block of `sums` holds partials of the four sums: add the blocks, halving the
+  // vector while it is wider than one block (in lane order where its width is not fixed).
+  if constexpr (!HWY_HAVE_SCALABLE && hn::MaxLanes(d) == 16) {
+    const hn::Half<decltype(d)> d8;
+    const hn::Half<decltype(d8)> d4;
+    const auto s8 = hn::Add(hn::LowerHalf(d8, sums), hn::UpperHalf(d8, sums));
+    hn::StoreU(hn::Add(hn::LowerHalf(d4, s8), hn::UpperHalf(d4, s8)), d4, out);
+  } else if constexpr (!HWY_HAVE_SCALABLE && hn::MaxLanes(d) == 8) {
+    const hn::Half<decltype(d)> d4;
+    hn::StoreU(hn::Add(hn::LowerHalf(d4, sums), hn::UpperHalf(d4, sums)), d4, out);
+  } else if constexpr (!HWY_HAVE_SCALABLE && hn::MaxLanes(d) == 4) {
+    hn::StoreU(sums, d, out);
+  } else {
+    HWY_ALIGN float lanes[HWY_MAX_BYTES / sizeof(float)];
+    hn::Store(sums, d, lanes);
+    for (int c = 0; c < 4; ++c) {
+      float s = lanes[c];
+      for (int64_t block = 4; block < n; block += 4) s += lanes[block + c];
+      out[c] = s;
+    }
   }
   for (; k < dims; ++k) {
     out[0] += g[k] * Load<float>(r0 + k);
