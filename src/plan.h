@@ -15,8 +15,8 @@ enum class Direction { kForward, kBackward };
 
 struct Machine {
   int num_threads = 1;
-  // Software prefetch of the per-query tensors in the by-head backward (MSDA_PREFETCH=0 turns
-  // it off).
+  // Software prefetch of the per-query tensors where one head walks a run of queries: the
+  // head-major forward tiles and the by-head backward (MSDA_PREFETCH=0 turns it off).
   bool prefetch = true;
   // The head-major value copy where the planner's rule asks for it (MSDA_HEAD_MAJOR=0 turns
   // it off).
@@ -146,12 +146,14 @@ struct ScratchLayout {
 struct Plan {
   Direction direction = Direction::kForward;
   int num_threads = 1;
-  // The by-head backward prefetches each query's slices of loc, attn, grad_output and the
-  // point gradients a few queries ahead: one head's slices are hundreds of bytes apart and
-  // cross a page every few queries, where the hardware prefetchers stop (encoder, one thread:
-  // 146 -> 120 ms). Prefetching corner rows ahead of their gathers was measured and dropped:
-  // 1.06-1.12x on the encoder's forward, but 0.7x on wide-batch and 0.82-0.85x on the
-  // decoder's forward, and no gain in the backward.
+  // Where one head walks a run of queries (the head-major forward tiles, the by-head
+  // backward), the kernels prefetch each query's slices of loc, attn, out or grad_output and
+  // the point gradients a few queries ahead, every cache line of them: one head's slices are
+  // hundreds of bytes apart and cross a page every few queries, where the hardware
+  // prefetchers stop (encoder backward, one thread: 146 -> 102 ms). Prefetching corner rows
+  // ahead of their gathers was measured and dropped: 1.06-1.12x on the encoder's forward (then
+  // all heads per tile), but 0.7x on wide-batch and 0.82-0.85x on the decoder's forward, and no
+  // gain in the backward.
   bool prefetch = true;
   int64_t acc_bytes = 4;  // 4: fp32 arithmetic; 8: fp64 (FLOAT64 problems).
   ForwardPlan forward;

@@ -95,6 +95,9 @@ struct ForwardKernel {
         const int64_t q1 = q_begin + (i + 1) / heads, head1 = h_begin + (i + 1) % heads;
         next_count = BuildCornerList(batch, q1, head1, scratch, rows[1 - cur], weights[1 - cur]);
       }
+      if (heads == 1 && plan.prefetch && q + kQueriesAhead < q_end) {
+        PrefetchQuery(batch, q + kQueriesAhead, head);
+      }
       const T* value = ValueOf(batch, head);
       if (dim_stride == 1) {
         GatherRows<T, Acc>(value, rows[cur], key_stride, weights[cur], count, p.dims, acc);
@@ -108,6 +111,23 @@ struct ForwardKernel {
       Write(static_cast<T*>(prm.out), batch, q, head, acc);
       count = next_count;
     }
+  }
+
+  // A tile of one head walks its queries' slices of loc, attn and out, hundreds of bytes apart
+  // and across a page every few queries, where the hardware prefetchers stop: fetch the
+  // slices of the query kQueriesAhead ahead.
+  static constexpr int64_t kQueriesAhead = 6;
+  void PrefetchQuery(int64_t batch, int64_t q, int64_t head) const {
+    const int64_t points = p.num_levels() * p.points;
+    PrefetchSpan(static_cast<const L*>(prm.loc) + batch * prm.loc_stride[0] +
+                     q * prm.loc_stride[1] + head * prm.loc_stride[2],
+                 2 * points * int64_t{sizeof(L)});
+    PrefetchSpan(static_cast<const T*>(prm.attn) + batch * prm.attn_stride[0] +
+                     q * prm.attn_stride[1] + head * prm.attn_stride[2],
+                 points * int64_t{sizeof(T)});
+    PrefetchSpan(static_cast<const T*>(prm.out) + batch * prm.out_stride[0] +
+                     q * prm.out_stride[1] + head * p.dims * prm.out_stride[2],
+                 p.dims * int64_t{sizeof(T)});
   }
 
   // The SIMD geometry of one (batch, query, head): the in-map corners' key rows and weights

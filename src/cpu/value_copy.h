@@ -26,6 +26,17 @@ inline void PrefetchLine(const void* at) {
 #endif
 }
 
+// Every cache line of [at, at + bytes), at most 512 bytes: a row that does not start on a line
+// spans one line more than its size suggests (a 128-byte row, three).
+inline void PrefetchSpan(const void* at, int64_t bytes) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(at) & ~uintptr_t{63};
+  const uintptr_t end =
+      reinterpret_cast<uintptr_t>(at) + static_cast<uintptr_t>(std::min<int64_t>(bytes, 512));
+  for (uintptr_t line = first; line < end; line += 64) {
+    PrefetchLine(reinterpret_cast<const void*>(line));
+  }
+}
+
 // Where the rows of one (batch, head) are, and their strides.
 template <typename T>
 struct ValueRows {

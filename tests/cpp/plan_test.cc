@@ -48,7 +48,7 @@ TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
       }
       uint64_t copy_bytes = 0;
       if (f.head_major) {
-        EXPECT_EQ(f.heads_per_tile, p.heads);
+        EXPECT_EQ(f.heads_per_tile, 1);  // One head per tile over a long run of queries.
         EXPECT_GE(f.value_copy_offset, plan.num_threads * plan.scratch.bytes);
         EXPECT_EQ(f.value_copy_offset % 64, 0);
         EXPECT_GE(f.num_copy_blocks * f.copy_block_keys, p.keys);
