@@ -132,7 +132,8 @@ def main():
         "triad bandwidth, or the FLOPs at the FMA peak, whichever is slower, both measured in the "
         "same run. The scalar columns run the same shapes on Highway's scalar target "
         "(MSDA_SIMD_TARGET=SCALAR) right after, the no-prefetch columns with the kernels' "
-        "software prefetch off (MSDA_PREFETCH=0: the per-query slices of head-major forward tiles and of the by-head backward), the "
+        "software prefetch off (MSDA_PREFETCH=0: the per-query slices of head-major forward "
+        "tiles and of the by-head backward), the "
         "counting-sort columns with the backward's by-head mode off (MSDA_BY_HEAD=0). Load "
         f"average before the run: {load:.1f}.",
         "",

@@ -1,10 +1,14 @@
 // Backward. Location and weight gradients are per point. grad_value is a reduction over
-// points, done without atomics by a counting sort (see BackwardPlan in plan.h): every
-// element of grad_value is summed in the same order, (query, head, level, point, corner)
-// ascending, whatever the thread count, so results are bitwise reproducible. On the SIMD
-// path each (query, head) runs in three sweeps over its points: the corner dot products (four
-// per reduction), the point gradients with lanes over points, and the contributions, one entry
-// per horizontal corner pair.
+// points, done without atomics in one of two modes (see BackwardPlan in plan.h): by head,
+// where each (batch, head) task adds its contributions straight into an accumulator of that
+// head's rows (RunByHead), or by a counting sort of the contributions by key block
+// (RunWithValueGradient). Either way every element of grad_value is summed in the same
+// order, (query, head, level, point, corner) ascending, whatever the thread count, so results
+// are bitwise reproducible and the two modes agree. On the SIMD path each (query, head) runs
+// in sweeps over its points: the corner coefficients, then per point the four corner dot
+// products (one reduction) and, by head, the point's contributions; the point gradients with
+// lanes over points; with the counting sort, the contribution entries, one per horizontal
+// corner pair.
 //
 // This file is compiled once per SIMD target (Highway's foreach_target); RunBackward at the
 // bottom dispatches to the best one.
@@ -293,10 +297,9 @@ struct BackwardKernel {
     }
   }
 
-  // PointsOfHead with the geometry of all points from the SIMD pass, in three sweeps over
-  // the (query, head)'s points: the corner dot products; the point gradients, lanes over
-  // points; the grad_value contributions. Same formulas as the scalar path, and the same
-  // contribution order (point, then corner).
+  // PointsOfHead with the geometry of all points from the SIMD pass, in sweeps over the
+  // (query, head)'s points (numbered in the body). Same formulas as the scalar path, and the
+  // same contribution order (point, then corner).
   void PointsOfHeadSimd(int64_t b, int64_t q, int64_t h, int64_t slot, const Acc* g_row,
                         const Sink& sink, const HeadRows& head_rows, int thread_index) const {
     const T* value = head_rows.value;
