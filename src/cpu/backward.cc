@@ -457,6 +457,16 @@ struct BackwardKernel {
     }
   }
 
+  // One accumulator row of dims to a row of grad_value (its dims stride from the caller).
+  void WriteGradValueRow(const Acc* src, T* dst) const {
+    const int64_t stride = prm.grad_value_stride[3];
+    if (stride == 1) {
+      NarrowRow<T, Acc>(src, p.dims, dst);
+    } else {
+      for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(dst + d * stride, src[d]);
+    }
+  }
+
   // Pass C: add one key block's contributions, in order, into its accumulator rows; zero
   // them first on the first pass, write them to grad_value after the last (unless they are
   // grad_value's own rows).
@@ -494,13 +504,8 @@ struct BackwardKernel {
     T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0];
     for (int64_t r = row_begin; r < row_end; ++r) {
       for (int64_t h = 0; h < heads; ++h) {
-        T* dst = grad_value + r * prm.grad_value_stride[1] + h * prm.grad_value_stride[2];
-        const Acc* src = AccumRow(b, r * heads + h);
-        if (prm.grad_value_stride[3] == 1) {
-          NarrowRow<T, Acc>(src, dims, dst);
-        } else {
-          for (int64_t d = 0; d < dims; ++d) Store<Acc>(dst + d * prm.grad_value_stride[3], src[d]);
-        }
+        WriteGradValueRow(AccumRow(b, r * heads + h),
+                          grad_value + r * prm.grad_value_stride[1] + h * prm.grad_value_stride[2]);
       }
     }
   }
@@ -596,13 +601,8 @@ struct BackwardKernel {
         char* row = buffer + k * row_bytes;
         std::memset(row, 0, sizeof(Acc) * dims);  // All-zero bits are 0.0.
         if (!plan_b.head_copy) continue;
-        const T* src = rows.value + k * rows.key_stride;
-        T* dst = reinterpret_cast<T*>(row + sizeof(Acc) * dims);
-        if (rows.dim_stride == 1) {
-          std::copy(src, src + dims, dst);
-        } else {
-          for (int64_t d = 0; d < dims; ++d) dst[d] = src[d * rows.dim_stride];
-        }
+        CopyRow(rows.value + k * rows.key_stride, rows.dim_stride, dims,
+                reinterpret_cast<T*>(row + sizeof(Acc) * dims));
       }
       if (plan_b.head_copy) {
         rows = HeadRows{reinterpret_cast<const T*>(buffer + sizeof(Acc) * dims),
@@ -619,13 +619,7 @@ struct BackwardKernel {
       const int64_t* st = prm.grad_value_stride;
       T* grad_value = static_cast<T*>(prm.grad_value) + b * st[0] + h * st[2];
       for (int64_t k = 0; k < p.keys; ++k) {
-        T* dst = grad_value + k * st[1];
-        const Acc* src = sink.rows + k * sink.row_stride;
-        if (st[3] == 1) {
-          NarrowRow<T, Acc>(src, dims, dst);
-        } else {
-          for (int64_t d = 0; d < dims; ++d) Store<Acc>(dst + d * st[3], src[d]);
-        }
+        WriteGradValueRow(sink.rows + k * sink.row_stride, grad_value + k * st[1]);
       }
     });
   }

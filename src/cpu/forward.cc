@@ -269,25 +269,19 @@ void RunForwardTarget(const msdaExecutor& e, void* workspace) {
     using T = decltype(t);
     using L = decltype(l);
     using Acc = decltype(acc);
-    if (!f.head_major) {
-      const ForwardKernel<T, L, Acc> kernel{e.problem,
-                                            e.params,
-                                            e.plan,
-                                            ws,
-                                            simd_geometry ? &levels : nullptr,
-                                            ValueRows<T>{e.problem, e.params, nullptr}};
-      ParallelFor(e.plan.num_threads, f.num_tiles,
-                  [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
-      return;
-    }
-    // One batch item at a time: copy its value head-major, then run its tiles on the copy.
-    T* copy = reinterpret_cast<T*>(ws + f.value_copy_offset);
+    T* copy = f.head_major ? reinterpret_cast<T*>(ws + f.value_copy_offset) : nullptr;
     const ForwardKernel<T, L, Acc> kernel{e.problem,
                                           e.params,
                                           e.plan,
                                           ws,
                                           simd_geometry ? &levels : nullptr,
                                           ValueRows<T>{e.problem, e.params, copy}};
+    if (!f.head_major) {
+      ParallelFor(e.plan.num_threads, f.num_tiles,
+                  [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });
+      return;
+    }
+    // One batch item at a time: copy its value head-major, then run its tiles on the copy.
     for (int64_t b = 0; b < e.problem.batch; ++b) {
       CopyBatchHeadMajor(e.problem, e.params, b, f.copy_block_keys, f.num_copy_blocks,
                          e.plan.num_threads, copy);

@@ -54,6 +54,16 @@ struct ValueRows {
   int64_t DimStride() const { return copy != nullptr ? 1 : prm.value_stride[3]; }
 };
 
+// dst[d] = src[d * dim_stride], d < dims: one value row into contiguous storage.
+template <typename T>
+void CopyRow(const T* src, int64_t dim_stride, int64_t dims, T* dst) {
+  if (dim_stride == 1) {
+    std::copy(src, src + dims, dst);
+  } else {
+    for (int64_t d = 0; d < dims; ++d) dst[d] = src[d * dim_stride];
+  }
+}
+
 // Keys [k_begin, k_end) of one batch item: copy[h][k][d] = value[batch, k, h, d], whatever the
 // strides of value.
 template <typename T>
@@ -63,12 +73,7 @@ void CopyHeadMajor(const Problem& p, const Params& prm, int64_t batch, int64_t k
   for (int64_t k = k_begin; k < k_end; ++k) {
     for (int64_t h = 0; h < p.heads; ++h) {
       const T* src = value + k * prm.value_stride[1] + h * prm.value_stride[2];
-      T* dst = copy + (h * p.keys + k) * p.dims;
-      if (prm.value_stride[3] == 1) {
-        std::copy(src, src + p.dims, dst);
-      } else {
-        for (int64_t d = 0; d < p.dims; ++d) dst[d] = src[d * prm.value_stride[3]];
-      }
+      CopyRow(src, prm.value_stride[3], p.dims, copy + (h * p.keys + k) * p.dims);
     }
   }
 }
