@@ -138,7 +138,7 @@ struct ScratchLayout {
   // forward builds the next (query, head)'s list here before it gathers the current one.
   int64_t next_rows = 0;
   int64_t next_weights = 0;
-  int64_t row = 0;       // acc [dims]
+  int64_t row = 0;       // acc [dims]: the forward's sums; the by-head backward's spare row
   int64_t grad_row = 0;  // acc [dims]
   int64_t bytes = 0;     // Per thread, a multiple of 64.
 };

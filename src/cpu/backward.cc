@@ -297,6 +297,88 @@ struct BackwardKernel {
     }
   }
 
+  // Sweep 2 of PointsOfHeadSimd in by-head mode, when value rows are contiguous and dims is 1,
+  // 2, 4 or 8 whole vectors (16, 32, 64 or 128 with AVX-512): grad_output's row stays in
+  // registers for all points and every corner is branch-free. A corner off the map reads an
+  // on-map corner's row for its dot, which is dropped, and adds its contribution to the spare
+  // row in the scratch, which is never read. Same operations in the same order as the general
+  // loop (DotRows4, AxpyRowPair), so the same bits. Returns false where it does not apply.
+  bool DotsAndContributionsFixed(const float* g_row, const T* value, int64_t key_stride,
+                                 const Sink& sink, const Corners& k, const float* coefs,
+                                 float* dots, int thread_index) const {
+#if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
+    const int64_t n = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
+    switch (p.dims / n * (p.dims % n == 0 ? 1 : 0)) {
+      case 1:
+        return DotsAndContributions<1>(g_row, value, key_stride, sink, k, coefs, dots,
+                                       thread_index);
+      case 2:
+        return DotsAndContributions<2>(g_row, value, key_stride, sink, k, coefs, dots,
+                                       thread_index);
+      case 4:
+        return DotsAndContributions<4>(g_row, value, key_stride, sink, k, coefs, dots,
+                                       thread_index);
+      case 8:
+        return DotsAndContributions<8>(g_row, value, key_stride, sink, k, coefs, dots,
+                                       thread_index);
+      default:
+        return false;
+    }
+#else
+    (void)g_row, (void)value, (void)key_stride, (void)sink, (void)k, (void)coefs, (void)dots;
+    (void)thread_index;
+    return false;
+#endif
+  }
+
+#if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
+  template <int V>
+  bool DotsAndContributions(const float* g_row, const T* value, int64_t key_stride,
+                            const Sink& sink, const Corners& k, const float* coefs, float* dots,
+                            int thread_index) const {
+    const hn::ScalableTag<float> d;
+    const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+    using Vec = hn::Vec<decltype(d)>;
+    Vec g[V];
+    for (int v = 0; v < V; ++v) g[v] = hn::LoadU(d, g_row + v * n);
+    float* spare = reinterpret_cast<float*>(Scratch(thread_index) + plan.scratch.row);
+    const int64_t stride = k.stride, row_stride = sink.row_stride;
+    const int64_t num_points = p.num_levels() * p.points;
+    for (int64_t i = 0; i < num_points; ++i) {
+      const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
+                            k.rows[3 * stride + i]};
+      const int32_t any = std::max(std::max(r[0], r[1]), std::max(r[2], r[3]));
+      if (any < 0) {
+        for (int c = 0; c < 4; ++c) dots[c * stride + i] = 0.0f;
+        continue;
+      }
+      const T* row[4];
+      float* acc[4];
+      for (int c = 0; c < 4; ++c) {
+        row[c] = value + int64_t{r[c] >= 0 ? r[c] : any} * key_stride;
+        acc[c] = r[c] >= 0 ? sink.rows + int64_t{r[c]} * row_stride : spare;
+      }
+      Vec a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+      for (int v = 0; v < V; ++v) {
+        a0 = hn::MulAdd(g[v], LoadRow(d, row[0] + v * n), a0);
+        a1 = hn::MulAdd(g[v], LoadRow(d, row[1] + v * n), a1);
+        a2 = hn::MulAdd(g[v], LoadRow(d, row[2] + v * n), a2);
+        a3 = hn::MulAdd(g[v], LoadRow(d, row[3] + v * n), a3);
+      }
+      float d4[4];
+      SumLanes4(d, a0, a1, a2, a3, d4);
+      for (int c = 0; c < 4; ++c) {
+        const Vec coef = hn::Set(d, coefs[c * stride + i]);
+        for (int v = 0; v < V; ++v) {
+          hn::StoreU(hn::MulAdd(coef, g[v], hn::LoadU(d, acc[c] + v * n)), d, acc[c] + v * n);
+        }
+      }
+      for (int c = 0; c < 4; ++c) dots[c * stride + i] = r[c] >= 0 ? d4[c] : 0.0f;
+    }
+    return true;
+  }
+#endif
+
   // PointsOfHead with the geometry of all points from the SIMD pass, in sweeps over the
   // (query, head)'s points (numbered in the body). Same formulas as the scalar path, and the
   // same contribution order (point, then corner).
@@ -337,7 +419,10 @@ struct BackwardKernel {
 
     // 2. Per point: grad_output . corner row (0 for corners off the map) and, by head, the
     // point's contributions to its corners' accumulator rows, while those keys are in cache.
-    for (int64_t i = 0; i < num_points; ++i) {
+    const bool fixed_dims =
+        sink.rows != nullptr && dim_stride == 1 &&
+        DotsAndContributionsFixed(g_row, value, key_stride, sink, k, coefs, dots, thread_index);
+    for (int64_t i = 0; i < num_points && !fixed_dims; ++i) {
       const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
                             k.rows[3 * stride + i]};
       const int32_t any = std::max(std::max(r[0], r[1]), std::max(r[2], r[3]));

@@ -161,31 +161,13 @@ HWY_INLINE Acc DotRow(const Acc* HWY_RESTRICT g, const T* HWY_RESTRICT row, int6
   return sum;
 }
 
-// out[c] = sum over k < dims of g[k] * row_c[k], c < 4, fp32: the four partial-sum vectors
-// are reduced together (two interleave-and-add steps leave each 128-bit block holding the four
-// sums' partials, then the blocks are added), instead of one horizontal sum per row.
-template <typename T>
-HWY_INLINE void DotRows4(const float* HWY_RESTRICT g, const T* HWY_RESTRICT r0,
-                         const T* HWY_RESTRICT r1, const T* HWY_RESTRICT r2,
-                         const T* HWY_RESTRICT r3, int64_t dims, float* HWY_RESTRICT out) {
-  const hn::ScalableTag<float> d;
+#if HWY_TARGET != HWY_SCALAR
+// out[c] = the sum of the lanes of a_c, c < 4: the four vectors are reduced together (two
+// interleave-and-add steps leave each 128-bit block holding the four sums' partials, then the
+// blocks are added), instead of one horizontal sum per vector.
+template <class D, class V>
+HWY_INLINE void SumLanes4(D d, V a0, V a1, V a2, V a3, float* HWY_RESTRICT out) {
   const int64_t n = static_cast<int64_t>(hn::Lanes(d));
-#if HWY_TARGET == HWY_SCALAR
-  (void)n;
-  out[0] = DotRow<T, float>(g, r0, dims);
-  out[1] = DotRow<T, float>(g, r1, dims);
-  out[2] = DotRow<T, float>(g, r2, dims);
-  out[3] = DotRow<T, float>(g, r3, dims);
-#else
-  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-  int64_t k = 0;
-  for (; k + n <= dims; k += n) {
-    const auto gk = hn::LoadU(d, g + k);
-    a0 = hn::MulAdd(gk, LoadRow(d, r0 + k), a0);
-    a1 = hn::MulAdd(gk, LoadRow(d, r1 + k), a1);
-    a2 = hn::MulAdd(gk, LoadRow(d, r2 + k), a2);
-    a3 = hn::MulAdd(gk, LoadRow(d, r3 + k), a3);
-  }
   const auto t01 = hn::Add(hn::InterleaveLower(d, a0, a1), hn::InterleaveUpper(d, a0, a1));
   const auto t23 = hn::Add(hn::InterleaveLower(d, a2, a3), hn::InterleaveUpper(d, a2, a3));
   const hn::Repartition<uint64_t, decltype(d)> d64;
@@ -213,6 +195,34 @@ HWY_INLINE void DotRows4(const float* HWY_RESTRICT g, const T* HWY_RESTRICT r0,
       out[c] = s;
     }
   }
+}
+#endif
+
+// out[c] = sum over k < dims of g[k] * row_c[k], c < 4, fp32, the four sums reduced together
+// (SumLanes4).
+template <typename T>
+HWY_INLINE void DotRows4(const float* HWY_RESTRICT g, const T* HWY_RESTRICT r0,
+                         const T* HWY_RESTRICT r1, const T* HWY_RESTRICT r2,
+                         const T* HWY_RESTRICT r3, int64_t dims, float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const int64_t n = static_cast<int64_t>(hn::Lanes(d));
+#if HWY_TARGET == HWY_SCALAR
+  (void)n;
+  out[0] = DotRow<T, float>(g, r0, dims);
+  out[1] = DotRow<T, float>(g, r1, dims);
+  out[2] = DotRow<T, float>(g, r2, dims);
+  out[3] = DotRow<T, float>(g, r3, dims);
+#else
+  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+  int64_t k = 0;
+  for (; k + n <= dims; k += n) {
+    const auto gk = hn::LoadU(d, g + k);
+    a0 = hn::MulAdd(gk, LoadRow(d, r0 + k), a0);
+    a1 = hn::MulAdd(gk, LoadRow(d, r1 + k), a1);
+    a2 = hn::MulAdd(gk, LoadRow(d, r2 + k), a2);
+    a3 = hn::MulAdd(gk, LoadRow(d, r3 + k), a3);
+  }
+  SumLanes4(d, a0, a1, a2, a3, out);
   for (; k < dims; ++k) {
     out[0] += g[k] * Load<float>(r0 + k);
     out[1] += g[k] * Load<float>(r1 + k);

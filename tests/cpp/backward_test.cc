@@ -563,6 +563,20 @@ TEST_P(BackwardDeterminism, ByHeadAndCountingSortAgreeBitwise) {
   ExpectDeterministic(base, 1);
 }
 
+TEST_P(BackwardDeterminism, ByHeadWholeVectorDimsAgreeWithCountingSortBitwise) {
+  // The by-head mode has a branch-free path for dims of 1, 2, 4 or 8 whole vectors (8 to 128
+  // covers each on every target); corners off the map send their contributions to a spare row.
+  // It must give the counting sort's bits (8 threads) and match the fp64 reference.
+  for (int64_t dims : {8, 16, 32, 64, 128}) {
+    SCOPED_TRACE("dims " + std::to_string(dims));
+    MsdaTester base;
+    base.Batch(1).Queries(700).Heads(2).Dims(dims).Points(4).LevelShapes({{5, 7}, {3, 2}, {1, 1}});
+    base.Dtype(GetParam()).LocRange(-0.15, 1.15);
+    ExpectDeterministic(base, 1);
+    base.Threads(2).TestBackward();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardDeterminism,
                          ::testing::Values(MSDA_FLOAT32, MSDA_BFLOAT16),
                          [](const ::testing::TestParamInfo<msdaDataType>& i) {
