@@ -120,7 +120,9 @@ struct BackwardPlan {
 
 // Per-thread scratch: the corner offsets and weights of one query's L*P points and two rows
 // of dims in the accumulation type. Byte offsets from the thread's scratch start.
-constexpr int64_t kPointWorkRows = 12;
+constexpr int64_t kPointWorkRows = 16;
+// The first row of the by-head backward's dots by point, [points][4], four rows long.
+constexpr int64_t kPointWorkDots4 = 12;
 
 struct ScratchLayout {
   int64_t corner_offsets = 0;  // int64 [levels * points * 4]
@@ -132,13 +134,17 @@ struct ScratchLayout {
   int64_t corner_weights_by_corner = 0;
   int64_t point_fractions = 0;  // fp32 [2][points_padded]: lh then lw of every point.
   // The backward's per-point work rows, fp32 [kPointWorkRows][points_padded]: the corner dot
-  // products [4], corner coefficients [4], the attention weights and the three gradients.
+  // products [4], corner coefficients [4], the attention weights, the three gradients, then
+  // the by-head backward's dot products by point (kPointWorkDots4).
   int64_t point_work = 0;
   // A second compacted list, int32 key rows and fp32 weights [levels * points * 4 + 64]: the
   // forward builds the next (query, head)'s list here before it gathers the current one.
   int64_t next_rows = 0;
   int64_t next_weights = 0;
-  int64_t row = 0;       // acc [dims]: the forward's sums; the by-head backward's spare row
+  int64_t row = 0;  // acc [dims]: the forward's sums
+  // acc [5][dims]: the by-head backward's spare rows, where corners off the map send their
+  // contributions (one per corner), then a zero value row (in the value type) that they read.
+  int64_t spare_row = 0;
   int64_t grad_row = 0;  // acc [dims]
   int64_t bytes = 0;     // Per thread, a multiple of 64.
 };

@@ -106,6 +106,8 @@ struct BackwardKernel {
     int64_t* cursors = nullptr;
     Acc* rows = nullptr;
     int64_t row_stride = 0;  // Between key rows of `rows`, in Acc elements.
+    // By head with the head's value copy: each key's value row follows its accumulator row.
+    bool value_after_acc = false;
   };
   // The value rows of one (batch, head).
   struct HeadRows {
@@ -299,16 +301,19 @@ struct BackwardKernel {
 
   // Sweep 2 of PointsOfHeadSimd in by-head mode, when value rows are contiguous and dims is 1,
   // 2, 4 or 8 whole vectors (16, 32, 64 or 128 with AVX-512): grad_output's row stays in
-  // registers for all points and every corner is branch-free. A corner off the map reads an
-  // on-map corner's row for its dot, which is dropped, and adds its contribution to the spare
-  // row in the scratch, which is never read. Same operations in the same order as the general
-  // loop (DotRows4, AxpyRowPair), so the same bits. Returns false where it does not apply.
+  // registers for all points and every corner is branch-free. A corner off the map reads the
+  // zero value row of the thread's spare rows (its dot is set to 0 afterwards, as the general
+  // loop does) and adds its contribution to its corner's spare accumulator row, never read
+  // (one per corner, so that such additions do not wait on each other).
+  // The four dots of a point are stored together and turned into rows by corner at the end.
+  // Same operations in the same order as the general loop (DotRows4, AxpyRowPair), so the same
+  // bits. Returns false where it does not apply.
   bool DotsAndContributionsFixed(const float* g_row, const T* value, int64_t key_stride,
                                  const Sink& sink, const Corners& k, const float* coefs,
                                  float* dots, int thread_index) const {
 #if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
     const int64_t n = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
-    switch (p.dims / n * (p.dims % n == 0 ? 1 : 0)) {
+    switch (p.dims % n == 0 ? p.dims / n : 0) {
       case 1:
         return DotsAndContributions<1>(g_row, value, key_stride, sink, k, coefs, dots,
                                        thread_index);
@@ -337,26 +342,35 @@ struct BackwardKernel {
                             const Sink& sink, const Corners& k, const float* coefs, float* dots,
                             int thread_index) const {
     const hn::ScalableTag<float> d;
+    const hn::RebindToSigned<decltype(d)> di;
     const int64_t n = static_cast<int64_t>(hn::Lanes(d));
     using Vec = hn::Vec<decltype(d)>;
     Vec g[V];
     for (int v = 0; v < V; ++v) g[v] = hn::LoadU(d, g_row + v * n);
-    float* spare = reinterpret_cast<float*>(Scratch(thread_index) + plan.scratch.row);
+    char* scratch = Scratch(thread_index);
+    float* spare = reinterpret_cast<float*>(scratch + plan.scratch.spare_row);
+    const T* spare_value = reinterpret_cast<const T*>(spare + 4 * p.dims);  // Zero (RunByHead).
+    float* dots4 = reinterpret_cast<float*>(scratch + plan.scratch.point_work) +
+                   kPointWorkDots4 * k.stride;  // [points][4]
     const int64_t stride = k.stride, row_stride = sink.row_stride;
     const int64_t num_points = p.num_levels() * p.points;
+    // With the head's value copy, a key's value row follows its accumulator row.
+    const int64_t value_after_acc = sink.value_after_acc ? p.dims * int64_t{sizeof(float)} : 0;
     for (int64_t i = 0; i < num_points; ++i) {
       const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
                             k.rows[3 * stride + i]};
-      const int32_t any = std::max(std::max(r[0], r[1]), std::max(r[2], r[3]));
-      if (any < 0) {
-        for (int c = 0; c < 4; ++c) dots[c * stride + i] = 0.0f;
-        continue;
-      }
+      // A point outside the gate (all four rows -1) has nothing to add; its dots are masked.
+      if ((r[0] & r[1] & r[2] & r[3]) < 0) continue;
       const T* row[4];
       float* acc[4];
       for (int c = 0; c < 4; ++c) {
-        row[c] = value + int64_t{r[c] >= 0 ? r[c] : any} * key_stride;
-        acc[c] = r[c] >= 0 ? sink.rows + int64_t{r[c]} * row_stride : spare;
+        acc[c] = r[c] >= 0 ? sink.rows + int64_t{r[c]} * row_stride : spare + c * p.dims;
+        if (value_after_acc != 0) {
+          row[c] =
+              reinterpret_cast<const T*>(reinterpret_cast<const char*>(acc[c]) + value_after_acc);
+        } else {
+          row[c] = r[c] >= 0 ? value + int64_t{r[c]} * key_stride : spare_value;
+        }
       }
       Vec a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
       for (int v = 0; v < V; ++v) {
@@ -365,15 +379,24 @@ struct BackwardKernel {
         a2 = hn::MulAdd(g[v], LoadRow(d, row[2] + v * n), a2);
         a3 = hn::MulAdd(g[v], LoadRow(d, row[3] + v * n), a3);
       }
-      float d4[4];
-      SumLanes4(d, a0, a1, a2, a3, d4);
+      SumLanes4(d, a0, a1, a2, a3, dots4 + 4 * i);
       for (int c = 0; c < 4; ++c) {
         const Vec coef = hn::Set(d, coefs[c * stride + i]);
         for (int v = 0; v < V; ++v) {
           hn::StoreU(hn::MulAdd(coef, g[v], hn::LoadU(d, acc[c] + v * n)), d, acc[c] + v * n);
         }
       }
-      for (int c = 0; c < 4; ++c) dots[c * stride + i] = r[c] >= 0 ? d4[c] : 0.0f;
+    }
+    // Dots by corner, 0 for corners off the map. The rows are padded to whole vectors.
+    for (int64_t i = 0; i < num_points; i += n) {
+      Vec by_corner[4];
+      hn::LoadInterleaved4(d, dots4 + 4 * i, by_corner[0], by_corner[1], by_corner[2],
+                           by_corner[3]);
+      for (int c = 0; c < 4; ++c) {
+        const auto on_map = hn::RebindMask(
+            d, hn::Not(hn::Lt(hn::LoadU(di, k.rows + c * stride + i), hn::Zero(di))));
+        hn::StoreU(hn::IfThenElseZero(on_map, by_corner[c]), d, dots + c * stride + i);
+      }
     }
     return true;
   }
@@ -680,7 +703,10 @@ struct BackwardKernel {
       char* buffer = workspace + plan_b.head_buffers_offset + worker * plan_b.head_buffer_bytes;
       const int64_t row_bytes = plan_b.head_row_bytes;
       const Sink sink{nullptr, reinterpret_cast<Acc*>(buffer),
-                      row_bytes / static_cast<int64_t>(sizeof(Acc))};
+                      row_bytes / static_cast<int64_t>(sizeof(Acc)), plan_b.head_copy};
+      // The spare row's value half reads as zeros (DotsAndContributions).
+      std::memset(Scratch(worker) + plan.scratch.spare_row + 4 * sizeof(Acc) * dims, 0,
+                  sizeof(Acc) * dims);
       HeadRows rows = RowsOf(b, h);
       for (int64_t k = 0; k < p.keys; ++k) {
         char* row = buffer + k * row_bytes;
