@@ -53,7 +53,7 @@ bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scrat
   scratch->next_weights = layout.Add(corners + 64, sizeof(float));
   scratch->row = layout.Add(p.dims, acc_bytes);
   scratch->grad_row = layout.Add(p.dims, acc_bytes);
-  scratch->spare_row = layout.Add(5 * p.dims, acc_bytes);
+  scratch->spare_row = layout.Add(8 * p.dims, acc_bytes);
   scratch->bytes = layout.size();
   return !layout.overflow();
 }

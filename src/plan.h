@@ -142,8 +142,8 @@ struct ScratchLayout {
   int64_t next_rows = 0;
   int64_t next_weights = 0;
   int64_t row = 0;  // acc [dims]: the forward's sums
-  // acc [5][dims]: the by-head backward's spare rows, where corners off the map send their
-  // contributions (one per corner), then a zero value row (in the value type) that they read.
+  // acc [4][2][dims]: the by-head backward's spare rows, one per corner: an accumulator row
+  // where corners off the map send their contributions, then a row of zeros they read.
   int64_t spare_row = 0;
   int64_t grad_row = 0;  // acc [dims]
   int64_t bytes = 0;     // Per thread, a multiple of 64.

@@ -301,10 +301,10 @@ struct BackwardKernel {
 
   // Sweep 2 of PointsOfHeadSimd in by-head mode, when value rows are contiguous and dims is 1,
   // 2, 4 or 8 whole vectors (16, 32, 64 or 128 with AVX-512): grad_output's row stays in
-  // registers for all points and every corner is branch-free. A corner off the map reads the
-  // zero value row of the thread's spare rows (its dot is set to 0 afterwards, as the general
-  // loop does) and adds its contribution to its corner's spare accumulator row, never read
-  // (one per corner, so that such additions do not wait on each other).
+  // registers for all points and every corner is branch-free. A corner off the map reads a
+  // zero value row (its dot is set to 0 afterwards, as the general loop does) and adds its
+  // contribution to a spare accumulator row, never read: one per corner in the thread's
+  // scratch, so that such additions do not wait on each other.
   // The four dots of a point are stored together and turned into rows by corner at the end.
   // Same operations in the same order as the general loop (DotRows4, AxpyRowPair), so the same
   // bits. Returns false where it does not apply.
@@ -313,22 +313,39 @@ struct BackwardKernel {
                                  float* dots, int thread_index) const {
 #if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
     const int64_t n = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
-    switch (p.dims % n == 0 ? p.dims / n : 0) {
-      case 1:
-        return DotsAndContributions<1>(g_row, value, key_stride, sink, k, coefs, dots,
-                                       thread_index);
-      case 2:
-        return DotsAndContributions<2>(g_row, value, key_stride, sink, k, coefs, dots,
-                                       thread_index);
-      case 4:
-        return DotsAndContributions<4>(g_row, value, key_stride, sink, k, coefs, dots,
-                                       thread_index);
-      case 8:
-        return DotsAndContributions<8>(g_row, value, key_stride, sink, k, coefs, dots,
-                                       thread_index);
-      default:
-        return false;
+    const int64_t vectors = p.dims % n == 0 ? p.dims / n : 0;
+    if (sink.value_after_acc) {
+      switch (vectors) {
+        case 1:
+          return DotsAndContributions<1, true>(g_row, value, key_stride, sink, k, coefs, dots,
+                                               thread_index);
+        case 2:
+          return DotsAndContributions<2, true>(g_row, value, key_stride, sink, k, coefs, dots,
+                                               thread_index);
+        case 4:
+          return DotsAndContributions<4, true>(g_row, value, key_stride, sink, k, coefs, dots,
+                                               thread_index);
+        case 8:
+          return DotsAndContributions<8, true>(g_row, value, key_stride, sink, k, coefs, dots,
+                                               thread_index);
+      }
+      return false;
     }
+    switch (vectors) {
+      case 1:
+        return DotsAndContributions<1, false>(g_row, value, key_stride, sink, k, coefs, dots,
+                                              thread_index);
+      case 2:
+        return DotsAndContributions<2, false>(g_row, value, key_stride, sink, k, coefs, dots,
+                                              thread_index);
+      case 4:
+        return DotsAndContributions<4, false>(g_row, value, key_stride, sink, k, coefs, dots,
+                                              thread_index);
+      case 8:
+        return DotsAndContributions<8, false>(g_row, value, key_stride, sink, k, coefs, dots,
+                                              thread_index);
+    }
+    return false;
 #else
     (void)g_row, (void)value, (void)key_stride, (void)sink, (void)k, (void)coefs, (void)dots;
     (void)thread_index;
@@ -337,7 +354,8 @@ struct BackwardKernel {
   }
 
 #if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
-  template <int V>
+  // kValueAfterAcc: each key's value row (the head's copy) follows its accumulator row.
+  template <int V, bool kValueAfterAcc>
   bool DotsAndContributions(const float* g_row, const T* value, int64_t key_stride,
                             const Sink& sink, const Corners& k, const float* coefs, float* dots,
                             int thread_index) const {
@@ -347,29 +365,37 @@ struct BackwardKernel {
     using Vec = hn::Vec<decltype(d)>;
     Vec g[V];
     for (int v = 0; v < V; ++v) g[v] = hn::LoadU(d, g_row + v * n);
-    char* scratch = Scratch(thread_index);
-    float* spare = reinterpret_cast<float*>(scratch + plan.scratch.spare_row);
-    const T* spare_value = reinterpret_cast<const T*>(spare + 4 * p.dims);  // Zero (RunByHead).
-    float* dots4 = reinterpret_cast<float*>(scratch + plan.scratch.point_work) +
-                   kPointWorkDots4 * k.stride;  // [points][4]
-    const int64_t stride = k.stride, row_stride = sink.row_stride;
+    char* const scratch = Scratch(thread_index);
+    float* const dots4 = reinterpret_cast<float*>(scratch + plan.scratch.point_work) +
+                         kPointWorkDots4 * k.stride;  // [points][4]
+    // Byte addresses and strides in locals: the stores to the rows may not alias them.
+    char* const spare = scratch + plan.scratch.spare_row;
+    // Spare row c: an accumulator row, then a value row of zeros (RunByHead zeroes them), as
+    // in the head's buffer.
+    const int64_t row_bytes = V * n * int64_t{sizeof(float)};  // One accumulator row.
+    const char* const zero_value = spare + row_bytes;
+    char* const rows = reinterpret_cast<char*>(sink.rows);
+    const int64_t key_row_bytes = sink.row_stride * int64_t{sizeof(float)};
+    const char* const value_bytes = reinterpret_cast<const char*>(value);
+    const int64_t value_row_bytes = key_stride * int64_t{sizeof(T)};
+    const int32_t* const corner_rows = k.rows;
+    const int64_t stride = k.stride;
     const int64_t num_points = p.num_levels() * p.points;
-    // With the head's value copy, a key's value row follows its accumulator row.
-    const int64_t value_after_acc = sink.value_after_acc ? p.dims * int64_t{sizeof(float)} : 0;
     for (int64_t i = 0; i < num_points; ++i) {
-      const int32_t r[4] = {k.rows[i], k.rows[stride + i], k.rows[2 * stride + i],
-                            k.rows[3 * stride + i]};
+      const int32_t r[4] = {corner_rows[i], corner_rows[stride + i], corner_rows[2 * stride + i],
+                            corner_rows[3 * stride + i]};
       // A point outside the gate (all four rows -1) has nothing to add; its dots are masked.
       if ((r[0] & r[1] & r[2] & r[3]) < 0) continue;
       const T* row[4];
       float* acc[4];
       for (int c = 0; c < 4; ++c) {
-        acc[c] = r[c] >= 0 ? sink.rows + int64_t{r[c]} * row_stride : spare + c * p.dims;
-        if (value_after_acc != 0) {
-          row[c] =
-              reinterpret_cast<const T*>(reinterpret_cast<const char*>(acc[c]) + value_after_acc);
+        char* const a = r[c] >= 0 ? rows + r[c] * key_row_bytes : spare + 2 * c * row_bytes;
+        acc[c] = reinterpret_cast<float*>(a);
+        if constexpr (kValueAfterAcc) {
+          row[c] = reinterpret_cast<const T*>(a + row_bytes);
         } else {
-          row[c] = r[c] >= 0 ? value + int64_t{r[c]} * key_stride : spare_value;
+          row[c] = reinterpret_cast<const T*>(r[c] >= 0 ? value_bytes + r[c] * value_row_bytes
+                                                        : zero_value);
         }
       }
       Vec a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
@@ -704,9 +730,8 @@ struct BackwardKernel {
       const int64_t row_bytes = plan_b.head_row_bytes;
       const Sink sink{nullptr, reinterpret_cast<Acc*>(buffer),
                       row_bytes / static_cast<int64_t>(sizeof(Acc)), plan_b.head_copy};
-      // The spare row's value half reads as zeros (DotsAndContributions).
-      std::memset(Scratch(worker) + plan.scratch.spare_row + 4 * sizeof(Acc) * dims, 0,
-                  sizeof(Acc) * dims);
+      // The spare rows' value halves read as zeros (DotsAndContributions).
+      std::memset(Scratch(worker) + plan.scratch.spare_row, 0, 8 * sizeof(Acc) * dims);
       HeadRows rows = RowsOf(b, h);
       for (int64_t k = 0; k < p.keys; ++k) {
         char* row = buffer + k * row_bytes;
