@@ -563,10 +563,19 @@ TEST_P(BackwardDeterminism, ByHeadAndCountingSortAgreeBitwise) {
   ExpectDeterministic(base, 1);
 }
 
-TEST_P(BackwardDeterminism, ByHeadWholeVectorDimsAgreeWithCountingSortBitwise) {
-  // The by-head mode has a branch-free path for dims of 1, 2, 4 or 8 whole vectors (8 to 128
-  // covers each on every target); corners off the map send their contributions to a spare row.
-  // It must give the counting sort's bits (8 threads) and match the fp64 reference.
+INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardDeterminism,
+                         ::testing::Values(MSDA_FLOAT32, MSDA_BFLOAT16),
+                         [](const ::testing::TestParamInfo<msdaDataType>& i) {
+                           return std::string(DtypeName(i.param));
+                         });
+
+// The by-head mode has a branch-free path for fp32 locations and dims of 1, 2, 4 or 8 whole
+// vectors (8 to 128 covers each on every target); corners off the map send their
+// contributions to spare rows. Every dtype (FLOAT64 takes the general path).
+class BackwardWholeVectorDims : public ::testing::TestWithParam<msdaDataType> {};
+
+TEST_P(BackwardWholeVectorDims, ByHeadAgreesWithCountingSortBitwiseAndMatchesReference) {
+  // 1, 2 and 3 threads run by head, 8 threads the counting sort.
   for (int64_t dims : {8, 16, 32, 64, 128}) {
     SCOPED_TRACE("dims " + std::to_string(dims));
     MsdaTester base;
@@ -577,8 +586,8 @@ TEST_P(BackwardDeterminism, ByHeadWholeVectorDimsAgreeWithCountingSortBitwise) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardDeterminism,
-                         ::testing::Values(MSDA_FLOAT32, MSDA_BFLOAT16),
+INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardWholeVectorDims,
+                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16, MSDA_FLOAT64),
                          [](const ::testing::TestParamInfo<msdaDataType>& i) {
                            return std::string(DtypeName(i.param));
                          });
