@@ -6,9 +6,10 @@
 // order, (query, head, level, point, corner) ascending, whatever the thread count, so results
 // are bitwise reproducible and the two modes agree. On the SIMD path each (query, head) runs
 // in sweeps over its points: the corner coefficients, then per point the four corner dot
-// products (one reduction) and, by head, the point's contributions; the point gradients with
-// lanes over points; with the counting sort, the contribution entries, one per horizontal
-// corner pair.
+// products (one reduction) and, by head, the point's contributions (branch-free, with
+// grad_output's row in registers, where a row is 1, 2, 4 or 8 whole vectors:
+// DotsAndContributions); the point gradients with lanes over points; with the counting sort,
+// the contribution entries, one per horizontal corner pair.
 //
 // This file is compiled once per SIMD target (Highway's foreach_target); RunBackward at the
 // bottom dispatches to the best one.
