@@ -315,38 +315,10 @@ struct BackwardKernel {
 #if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
     const int64_t n = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
     const int64_t vectors = p.dims % n == 0 ? p.dims / n : 0;
-    if (sink.value_after_acc) {
-      switch (vectors) {
-        case 1:
-          return DotsAndContributions<1, true>(g_row, value, key_stride, sink, k, coefs, dots,
-                                               thread_index);
-        case 2:
-          return DotsAndContributions<2, true>(g_row, value, key_stride, sink, k, coefs, dots,
-                                               thread_index);
-        case 4:
-          return DotsAndContributions<4, true>(g_row, value, key_stride, sink, k, coefs, dots,
-                                               thread_index);
-        case 8:
-          return DotsAndContributions<8, true>(g_row, value, key_stride, sink, k, coefs, dots,
-                                               thread_index);
-      }
-      return false;
-    }
-    switch (vectors) {
-      case 1:
-        return DotsAndContributions<1, false>(g_row, value, key_stride, sink, k, coefs, dots,
-                                              thread_index);
-      case 2:
-        return DotsAndContributions<2, false>(g_row, value, key_stride, sink, k, coefs, dots,
-                                              thread_index);
-      case 4:
-        return DotsAndContributions<4, false>(g_row, value, key_stride, sink, k, coefs, dots,
-                                              thread_index);
-      case 8:
-        return DotsAndContributions<8, false>(g_row, value, key_stride, sink, k, coefs, dots,
-                                              thread_index);
-    }
-    return false;
+    return sink.value_after_acc ? DotsAndContributionsOf<true>(vectors, g_row, value, key_stride,
+                                                               sink, k, coefs, dots, thread_index)
+                                : DotsAndContributionsOf<false>(vectors, g_row, value, key_stride,
+                                                                sink, k, coefs, dots, thread_index);
 #else
     (void)g_row, (void)value, (void)key_stride, (void)sink, (void)k, (void)coefs, (void)dots;
     (void)thread_index;
@@ -355,6 +327,29 @@ struct BackwardKernel {
   }
 
 #if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
+  // DotsAndContributions for a row of `vectors` whole vectors, or false.
+  template <bool kValueAfterAcc>
+  bool DotsAndContributionsOf(int64_t vectors, const float* g_row, const T* value,
+                              int64_t key_stride, const Sink& sink, const Corners& k,
+                              const float* coefs, float* dots, int thread_index) const {
+    switch (vectors) {
+      case 1:
+        return DotsAndContributions<1, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
+                                                       dots, thread_index);
+      case 2:
+        return DotsAndContributions<2, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
+                                                       dots, thread_index);
+      case 4:
+        return DotsAndContributions<4, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
+                                                       dots, thread_index);
+      case 8:
+        return DotsAndContributions<8, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
+                                                       dots, thread_index);
+      default:
+        return false;
+    }
+  }
+
   // kValueAfterAcc: each key's value row (the head's copy) follows its accumulator row.
   template <int V, bool kValueAfterAcc>
   bool DotsAndContributions(const float* g_row, const T* value, int64_t key_stride,
