@@ -7,7 +7,7 @@
 // are bitwise reproducible and the two modes agree. On the SIMD path each (query, head) runs
 // in sweeps over its points: the corner coefficients, then per point the four corner dot
 // products (one reduction) and, by head, the point's contributions (branch-free, with
-// grad_output's row in registers, where a row is 1, 2, 4 or 8 whole vectors:
+// grad_output's row in registers, where a row is 1, 2, 4, 8 or 16 whole vectors:
 // DotsAndContributions); the point gradients with lanes over points; with the counting sort,
 // the contribution entries, one per horizontal corner pair.
 //
@@ -301,7 +301,7 @@ struct BackwardKernel {
   }
 
   // Sweep 2 of PointsOfHeadSimd in by-head mode, when value rows are contiguous and dims is 1,
-  // 2, 4 or 8 whole vectors (16, 32, 64 or 128 with AVX-512): grad_output's row stays in
+  // 2, 4, 8 or 16 whole vectors (16 to 256 with AVX-512): grad_output's row stays in
   // registers for all points and every corner is branch-free. A corner off the map reads a
   // zero value row (its dot is set to 0 afterwards, as the general loop does) and adds its
   // contribution to a spare accumulator row, never read: one per corner in the thread's
@@ -345,6 +345,9 @@ struct BackwardKernel {
       case 8:
         return DotsAndContributions<8, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
                                                        dots, thread_index);
+      case 16:
+        return DotsAndContributions<16, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
+                                                        dots, thread_index);
       default:
         return false;
     }
