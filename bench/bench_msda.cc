@@ -5,6 +5,7 @@
 //
 //   bench_msda [--repeats N] [--shapes encoder,decoder,...] [--threads N] [--markdown FILE]
 //              [--uniform] [--vs-scalar] [--vs-no-prefetch] [--vs-counting-sort] [--hot-value]
+//              [--misalign BYTES]
 #include <msda/msda.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 #include <thread>
@@ -21,6 +23,38 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Every tensor and workspace is 64-byte aligned, as PyTorch's CPU allocator and
+// std::aligned_alloc(64, ...) place them. std::vector's own allocator (glibc malloc) starts a
+// large block 16 bytes into a page, where each 128-byte slice of a row spans three cache lines
+// instead of two. --misalign BYTES shifts every tensor by that much, to measure what such an
+// allocation costs.
+int64_t g_misalign = 0;
+
+template <typename T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <typename U>
+  Aligned64(const Aligned64<U>&) {}  // NOLINT: allocators convert implicitly.
+  T* allocate(size_t n) {
+    const size_t bytes = (n * sizeof(T) + static_cast<size_t>(g_misalign) + 63) / 64 * 64;
+    char* block = static_cast<char*>(std::aligned_alloc(64, bytes));
+    if (block == nullptr) throw std::bad_alloc();
+    return reinterpret_cast<T*>(block + g_misalign);
+  }
+  void deallocate(T* p, size_t) { std::free(reinterpret_cast<char*>(p) - g_misalign); }
+  template <typename U>
+  bool operator==(const Aligned64<U>&) const {
+    return true;
+  }
+  template <typename U>
+  bool operator!=(const Aligned64<U>&) const {
+    return false;
+  }
+};
+template <typename T>
+using Buffer = std::vector<T, Aligned64<T>>;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -52,7 +86,7 @@ void OnThreads(int n, Fn fn) {
 // the bytes read and written (3 arrays).
 double MeasureBandwidth(int threads) {
   const size_t n = size_t{32} << 20;  // 32 Mi floats per array, 384 MiB in all.
-  std::vector<float> a(n, 1.0f), b(n, 2.0f), c(n, 3.0f);
+  Buffer<float> a(n, 1.0f), b(n, 2.0f), c(n, 3.0f);
   const double t = Median(5, [&] {
     OnThreads(threads, [&](int i) {
       const size_t begin = n * i / threads, end = n * (i + 1) / threads;
@@ -123,7 +157,7 @@ std::vector<Shape> DiagnosticShapes() {
 struct Case {
   Shape shape;
   int64_t keys = 0;
-  std::vector<float> value, loc, attn, out, grad_out, grad_value, grad_loc, grad_attn;
+  Buffer<float> value, loc, attn, out, grad_out, grad_value, grad_loc, grad_attn;
   std::vector<int64_t> spatial, starts;
 };
 
@@ -245,7 +279,7 @@ Timing TimeCase(Case& c, int threads, int repeats) {
     const char* at = std::strstr(text, "simd target: ");
     if (at != nullptr) g_simd_target = std::string(at + 13, std::strcspn(at + 13, " \n"));
   }
-  std::vector<char> fwd_ws(timing.forward_ws + 1);
+  Buffer<char> fwd_ws(timing.forward_ws + 1);
   timing.forward_s = Median(
       repeats, [&] { CHECK_MSDA(msdaForward(fwd_ws.data(), timing.forward_ws, fwd, nullptr)); });
   msdaDestroyExecutor(fwd);
@@ -254,7 +288,7 @@ Timing TimeCase(Case& c, int threads, int repeats) {
   CHECK_MSDA(msdaBackwardGetWorkspaceSize(value, spatial, starts, loc, attn, grad_out, grad_value,
                                           grad_loc, grad_attn, &timing.backward_ws, &bwd));
   CHECK_MSDA(msdaSetExecutorRepeatable(bwd));
-  std::vector<char> bwd_ws(timing.backward_ws + 1);
+  Buffer<char> bwd_ws(timing.backward_ws + 1);
   timing.backward_s = Median(
       repeats, [&] { CHECK_MSDA(msdaBackward(bwd_ws.data(), timing.backward_ws, bwd, nullptr)); });
   msdaDestroyExecutor(bwd);
@@ -303,12 +337,15 @@ int main(int argc, char** argv) {
       vs_sort = true;
     else if (arg == "--hot-value")
       g_hot_value = true;
+    else if (arg == "--misalign")
+      g_misalign = std::clamp(std::atoi(next().c_str()), 0, 63);
     else if (arg == "--child-times")
       child_times = true;
     else {
       std::printf(
           "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n"
-          "          [--vs-scalar] [--vs-no-prefetch] [--vs-counting-sort] [--hot-value]\n",
+          "          [--vs-scalar] [--vs-no-prefetch] [--vs-counting-sort] [--hot-value]\n"
+          "          [--misalign BYTES]\n",
           argv[0]);
       return arg == "--help" ? 0 : 2;
     }
@@ -330,7 +367,10 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  std::printf("msda %d, measuring the machine with %d threads...\n", msdaGetVersion(), all_threads);
+  std::printf(
+      "msda %d, tensors 64-byte aligned + %d bytes, measuring the machine with %d "
+      "threads...\n",
+      msdaGetVersion(), static_cast<int>(g_misalign), all_threads);
   const double bw1 = MeasureBandwidth(1), bwn = MeasureBandwidth(all_threads);
   const double fma1 = MeasureFmaPeak(1), fman = MeasureFmaPeak(all_threads);
   std::printf("memory bandwidth (triad): 1 thread %.1f GB/s, %d threads %.1f GB/s\n", bw1 / 1e9,
@@ -357,7 +397,7 @@ int main(int argc, char** argv) {
           std::string(env) + " '" + std::string(argv[0]) + "' --child-times --shapes " +
           shape.name + " --threads " + std::to_string(all_threads) + " --repeats " +
           std::to_string(repeats) + (uniform_locations ? " --uniform" : "") +
-          (g_hot_value ? " --hot-value" : "");
+          (g_hot_value ? " --hot-value" : "") + " --misalign " + std::to_string(g_misalign);
       if (FILE* child = popen(command.c_str(), "r")) {
         char name[64];
         if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &out[0], &out[1], &out[2], &out[3]) !=
