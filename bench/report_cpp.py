@@ -108,13 +108,20 @@ def main():
         subprocess.run(hot_command, check=True, env=dict(os.environ, MSDA_HEAD_MAJOR="0"))
         with open(hot_path) as f:
             hot_rows = parse_table(f.read())
-        misaligned_path = os.path.join(tmp, "misaligned.md")
-        misaligned_command = [args.binary, "--repeats", str(args.repeats), "--shapes", "encoder",
-                              "--misalign", "16", "--markdown", misaligned_path]
-        print("running:", " ".join(misaligned_command), flush=True)
-        subprocess.run(misaligned_command, check=True)
-        with open(misaligned_path) as f:
-            misaligned_rows = parse_table(f.read())
+        # Aligned and misaligned runs alternate, three rounds, the fastest of each kept: the
+        # machine's noise is larger than the effect in any single pair of runs.
+        aligned_best, misaligned_best = {}, {}
+        for _ in range(3):
+            for misalign, best in (("0", aligned_best), ("16", misaligned_best)):
+                path = os.path.join(tmp, "misalign.md")
+                command = [args.binary, "--repeats", str(args.repeats), "--shapes", "encoder",
+                           "--misalign", misalign, "--markdown", path]
+                print("running:", " ".join(command), flush=True)
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                with open(path) as f:
+                    for _, pass_, threads, median, *_ in parse_table(f.read()):
+                        key = (pass_, threads)
+                        best[key] = min(best.get(key, float("inf")), float(median))
     rows = parse_table(table)
     plot(rows, args.png)
     # The encoder's times against the L1-resident diagnostic (same geometry and work).
@@ -128,17 +135,12 @@ def main():
                 real, hot = float(median), float(h_median)
                 hot_lines.append(f"| {pass_} | {threads} | {real:.2f} | {hot:.2f} | "
                                  f"{(real - hot) / real:.0%} |")
-    # The encoder against the same run with every tensor 16 bytes off a 64-byte boundary.
     misaligned_lines = ["| pass | threads | 64-byte aligned ms | 16 bytes off ms | slowdown |",
                         "|---|---|---|---|---|"]
-    for shape, pass_, threads, median, *_ in rows:
-        if shape != "encoder":
-            continue
-        for m_shape, m_pass, m_threads, m_median, *_ in misaligned_rows:
-            if (m_pass, m_threads) == (pass_, threads):
-                real, off = float(median), float(m_median)
-                misaligned_lines.append(f"| {pass_} | {threads} | {real:.2f} | {off:.2f} | "
-                                        f"{off / real:.2f}x |")
+    for key in sorted(aligned_best):
+        real, off = aligned_best[key], misaligned_best[key]
+        misaligned_lines.append(f"| {key[0]} | {key[1]} | {real:.2f} | {off:.2f} | "
+                                f"{off / real:.2f}x |")
     load = os.getloadavg()[0]
     section = "\n".join([
         "## C++ kernels",
@@ -150,7 +152,7 @@ def main():
         f"{args.repeats} runs, every tensor 64-byte aligned as PyTorch allocates it. Roofline: "
         "inputs read once and outputs written once at the "
         "triad bandwidth, or the FLOPs at the FMA peak, whichever is slower, both measured in the "
-        "same run. The scalar columns run the same shapes on Highway's scalar target "
+        "same run (the fastest of 7 tries each). The scalar columns run the same shapes on Highway's scalar target "
         "(MSDA_SIMD_TARGET=SCALAR) right after, the no-prefetch columns with the kernels' "
         "software prefetch off (MSDA_PREFETCH=0: the per-query slices of head-major forward "
         "tiles and of the by-head backward), the "
@@ -169,13 +171,15 @@ def main():
         "\n".join(hot_lines),
         "",
         "Alignment: the encoder again with every tensor 16 bytes off a 64-byte boundary "
-        "(`bench_msda --misalign 16`), where glibc's malloc puts large blocks. A 128-byte "
+        "(`bench_msda --misalign 16`), where glibc's malloc puts large blocks; the fastest of "
+        "three runs each, alternating with aligned runs. A 128-byte "
         "slice of a row (a head's 32 floats, or a (query, head)'s 16 locations) then spans "
         "three cache lines instead of two. The head-major value copies are aligned whatever the "
         "caller's tensors, so the cost falls on the per-query tensors, and on value where "
         "nothing is copied. Memory from PyTorch or `aligned_alloc(64, ...)` does not pay it.",
         "",
         "\n".join(misaligned_lines),
+        "",
     ])
     write_section(args.markdown, section)
     print(f"wrote {args.markdown} (section 'C++ kernels') and {args.png}")
