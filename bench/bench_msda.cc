@@ -142,8 +142,13 @@ struct Shape {
   std::vector<std::pair<int64_t, int64_t>> levels;
 };
 
+// Deformable DETR's four levels for an 800 x 1216 image (strides 8 to 64).
+std::vector<std::pair<int64_t, int64_t>> DetrLevels() {
+  return {{100, 152}, {50, 76}, {25, 38}, {13, 19}};
+}
+
 std::vector<Shape> StandardShapes() {
-  const std::vector<std::pair<int64_t, int64_t>> detr = {{100, 152}, {50, 76}, {25, 38}, {13, 19}};
+  const std::vector<std::pair<int64_t, int64_t>> detr = DetrLevels();
   return {
       {"encoder", 1, 20197, 8, 4, 32, detr},
       {"decoder", 1, 900, 8, 4, 32, detr},
@@ -154,9 +159,13 @@ std::vector<Shape> StandardShapes() {
 
 // Diagnostic shapes, run only when named with --shapes. encoder-hot has the encoder's queries,
 // heads, points and dims but a tiny map that stays in L1: the gap between it and encoder is
-// what cache misses cost.
+// what cache misses cost. encoder-p2 and encoder-p3 are the encoder with 2 and 3 points per
+// level: L * P = 8 and 12 points per (query, head), less than one AVX-512 vector.
 std::vector<Shape> DiagnosticShapes() {
-  return {{"encoder-hot", 1, 20197, 8, 4, 32, {{8, 8}, {4, 4}, {2, 2}, {1, 1}}}};
+  const std::vector<std::pair<int64_t, int64_t>> detr = DetrLevels();
+  return {{"encoder-hot", 1, 20197, 8, 4, 32, {{8, 8}, {4, 4}, {2, 2}, {1, 1}}},
+          {"encoder-p2", 1, 20197, 8, 2, 32, detr},
+          {"encoder-p3", 1, 20197, 8, 3, 32, detr}};
 }
 
 #define CHECK_MSDA(expr)                                                         \

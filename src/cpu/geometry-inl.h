@@ -10,10 +10,10 @@
 #define MSDA_SRC_CPU_GEOMETRY_INL_H_
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#include "cpu/sampling.h"
 #include "hwy/highway.h"
 #include "params.h"
 #include "shape.h"
@@ -77,18 +77,20 @@ HWY_INLINE void PointCorners(const Problem& p, const PointLevels& lv, const floa
   const int64_t count = p.num_levels() * p.points;
   const auto half = hn::Set(d, 0.5f), one = hn::Set(d, 1.0f), minus_one = hn::Set(d, -1.0f);
   const auto one_i = hn::Set(di, 1), minus_one_i = hn::Set(di, -1);
-  int64_t i = 0;
-  for (; i + n <= count; i += n) {
+  // One vector of points from xy (interleaved x, y), written at point i. Lanes off `valid`
+  // fail the gate: rows -1.
+  auto corners = [&](const float* HWY_RESTRICT xy, int64_t i, hn::Mask<decltype(d)> valid) {
     hn::Vec<decltype(d)> x, y;
-    hn::LoadInterleaved2(d, loc + 2 * i, x, y);
+    hn::LoadInterleaved2(d, xy, x, y);
     const auto width = hn::LoadU(d, lv.width.data() + i);
     const auto height = hn::LoadU(d, lv.height.data() + i);
     auto w_im = hn::Sub(hn::Mul(x, width), half);
     auto h_im = hn::Sub(hn::Mul(y, height), half);
     // The gate; NaN fails every comparison. Points that fail it get coordinates 0 so that the
     // integer conversion below stays defined; their corners are masked off.
-    const auto inside = hn::And(hn::And(hn::Gt(h_im, minus_one), hn::Gt(w_im, minus_one)),
-                                hn::And(hn::Lt(h_im, height), hn::Lt(w_im, width)));
+    const auto inside =
+        hn::And(valid, hn::And(hn::And(hn::Gt(h_im, minus_one), hn::Gt(w_im, minus_one)),
+                               hn::And(hn::Lt(h_im, height), hn::Lt(w_im, width))));
     h_im = hn::IfThenElseZero(inside, h_im);
     w_im = hn::IfThenElseZero(inside, w_im);
     const auto h0f = hn::Floor(h_im), w0f = hn::Floor(w_im);
@@ -120,18 +122,17 @@ HWY_INLINE void PointCorners(const Problem& p, const PointLevels& lv, const floa
       hn::StoreU(lh, d, lh_out + i);
       hn::StoreU(lw, d, lw_out + i);
     }
-  }
-  for (; i < count; ++i) {  // The tail, one point at a time.
-    const PointGeometry<float> g =
-        Locate<float>(p.levels[i / p.points], loc[2 * i], loc[2 * i + 1]);
-    for (int c = 0; c < 4; ++c) {
-      rows[c * stride + i] = static_cast<int32_t>(g.row[c]);
-      weights[c * stride + i] = g.weight[c];
-    }
-    if (lh_out != nullptr) {
-      lh_out[i] = g.lh;
-      lw_out[i] = g.lw;
-    }
+  };
+  int64_t i = 0;
+  for (; i + n <= count; i += n) corners(loc + 2 * i, i, hn::FirstN(d, static_cast<size_t>(n)));
+  if (i < count) {
+    // The last partial vector (all of them when L * P is below the vector length, as for
+    // L = 4, P = 2 or 3 on AVX-512) from a zero-padded copy, since loc may end right after
+    // the last point; the padding lanes fail the gate. The scratch rows and level tables are
+    // padded to whole vectors.
+    HWY_ALIGN float tail[2 * hn::MaxLanes(d)] = {};
+    std::copy(loc + 2 * i, loc + 2 * count, tail);
+    corners(tail, i, hn::FirstN(d, static_cast<size_t>(count - i)));
   }
 }
 
