@@ -566,6 +566,13 @@ struct BackwardKernel {
                                   gl + 2 * done);
           }
         }
+        for (; done < num_points; ++done) {  // The rest, still contiguous.
+          if (ga != nullptr) ga[done] = grad_a[done];
+          if (gl != nullptr) {
+            gl[2 * done] = grad_x[done];
+            gl[2 * done + 1] = grad_y[done];
+          }
+        }
       }
     }
     for (int64_t i = done; i < num_points; ++i) {
