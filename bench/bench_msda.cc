@@ -161,11 +161,14 @@ std::vector<Shape> StandardShapes() {
 // heads, points and dims but a tiny map that stays in L1: the gap between it and encoder is
 // what cache misses cost. encoder-p2 and encoder-p3 are the encoder with 2 and 3 points per
 // level: L * P = 8 and 12 points per (query, head), less than one AVX-512 vector.
+// encoder-d16 and encoder-d64 change only the head dims: how much of the time scales with D.
 std::vector<Shape> DiagnosticShapes() {
   const std::vector<std::pair<int64_t, int64_t>> detr = DetrLevels();
   return {{"encoder-hot", 1, 20197, 8, 4, 32, {{8, 8}, {4, 4}, {2, 2}, {1, 1}}},
           {"encoder-p2", 1, 20197, 8, 2, 32, detr},
-          {"encoder-p3", 1, 20197, 8, 3, 32, detr}};
+          {"encoder-p3", 1, 20197, 8, 3, 32, detr},
+          {"encoder-d16", 1, 20197, 8, 4, 16, detr},
+          {"encoder-d64", 1, 20197, 8, 4, 64, detr}};
 }
 
 #define CHECK_MSDA(expr)                                                         \
