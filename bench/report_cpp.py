@@ -10,7 +10,9 @@ SIMD target, on the scalar one, without software prefetch, and (backward) with t
 sort instead of the by-head mode. Two diagnostic runs follow on the encoder: every value row
 aliased to one L1-resident row (--hot-value, with the head-major copies off), whose gap to the
 first run is what cache misses on the value rows cost; and every tensor 16 bytes off a 64-byte
-boundary, where glibc's malloc puts large blocks (--misalign 16).
+boundary, where glibc's malloc puts large blocks (--misalign 16). Last, bench_loops times the
+kernels' inner loops alone on rows in L1 and in L2, which gives the encoder's floor: the time
+of its row work if every row were that close.
 """
 import argparse
 import os
@@ -20,6 +22,10 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The encoder shape of bench_msda: (query, head) items and points per item.
+ENCODER_ITEMS = 20197 * 8
+ENCODER_POINTS_PER_ITEM = 4 * 4
 
 
 def parse_table(text):
@@ -122,8 +128,33 @@ def main():
                     for _, pass_, threads, median, *_ in parse_table(f.read()):
                         key = (pass_, threads)
                         best[key] = min(best.get(key, float("inf")), float(median))
+        loops_path = os.path.join(tmp, "loops.md")
+        loops_command = [os.path.join(os.path.dirname(args.binary), "bench_loops"), "--markdown",
+                         loops_path]
+        print("running:", " ".join(loops_command), flush=True)
+        subprocess.run(loops_command, check=True)
+        with open(loops_path) as f:
+            loops_text = f.read()
     rows = parse_table(table)
     plot(rows, args.png)
+    loops = {cells[0]: (float(cells[1]), float(cells[2])) for cells in parse_table(loops_text)
+             if not cells[0].startswith("loop")}
+    # The encoder's row work at the floors: every corner (forward) or point (backward) at the
+    # loop's L1 and L2 speed, one thread, against its roofline and its measured time.
+    points = ENCODER_ITEMS * ENCODER_POINTS_PER_ITEM
+    floor_lines = ["| pass | loop | ns each, rows in L1 / L2 | encoder floor ms, L1 / L2 | "
+                   "floor in L1 x roofline | encoder ms | encoder / L2 floor |",
+                   "|---|---|---|---|---|---|---|"]
+    for pass_, label, count in (("forward", "forward gather, ns per corner", 4 * points),
+                                ("backward", "backward by-head row work, ns per point", points)):
+        l1, l2 = loops[label]
+        for shape, r_pass, threads, median, _, _, roofline, *_ in rows:
+            if (shape, r_pass, threads) == ("encoder", pass_, "1"):
+                f1, f2 = count * l1 * 1e-6, count * l2 * 1e-6
+                floor_lines.append(
+                    f"| {pass_} | {label.split(',')[0]}, {count / 1e6:.1f} M | {l1:.3f} / {l2:.3f} "
+                    f"| {f1:.2f} / {f2:.2f} | {f1 / float(roofline):.2f}x | {float(median):.2f} | "
+                    f"{float(median) / f2:.2f}x |")
     # The encoder's times against the L1-resident diagnostic (same geometry and work).
     hot_lines = ["| pass | threads | encoder ms | value rows in L1 ms | share of time in cache "
                  "misses |", "|---|---|---|---|---|"]
@@ -179,6 +210,20 @@ def main():
         "nothing is copied. Memory from PyTorch or `aligned_alloc(64, ...)` does not pay it.",
         "",
         "\n".join(misaligned_lines),
+        "",
+        "Loop floors (`build-bench/bench/bench_loops`): the kernels' inner loops alone, one "
+        "thread, on synthetic rows that fit in L1 or in L2, with the encoder's layout (D = 32, "
+        "4 levels of 4 points, each level's points a normal spread of 2 pixels): the forward's "
+        "gather (`GatherRows`) per corner, and the by-head backward's row work per point (four "
+        "dots with grad_output reduced together, four accumulator rows read, updated and "
+        "stored). Times the encoder's corners or points, they are the time its row work would "
+        "take if every row were that close, before any geometry, point gradient or memory "
+        "traffic of the per-query tensors. The gather needs two row loads and a weight "
+        "broadcast for every two FMAs, so it cannot reach the FMA peak the roofline assumes.",
+        "",
+        loops_text.strip().splitlines()[0],
+        "",
+        "\n".join(floor_lines),
         "",
     ])
     write_section(args.markdown, section)
