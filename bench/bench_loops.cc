@@ -120,6 +120,38 @@ double GatherNsPerCorner(int64_t keys, int64_t width) {
   return s * 1e9 / static_cast<double>(kItems * kPoints * 4);
 }
 
+#if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
+// The row work of one item's points, a row being kVectors whole vectors (a compile-time
+// count, as in the kernel, so that grad_output's row stays in registers).
+template <int kVectors = static_cast<int>(kDims / hn::MaxLanes(hn::ScalableTag<float>()))>
+HWY_NOINLINE void PointRowWork(float* HWY_RESTRICT buf, int64_t row, const int32_t* r,
+                               const float* coef, const float* g_row, float* dots) {
+  const hn::ScalableTag<float> d;
+  constexpr int64_t n = static_cast<int64_t>(hn::MaxLanes(d));
+  hn::Vec<decltype(d)> g[kVectors];
+  for (int v = 0; v < kVectors; ++v) g[v] = hn::LoadU(d, g_row + v * n);
+  for (int64_t i = 0; i < kPoints; ++i) {
+    float* acc[4];
+    for (int c = 0; c < 4; ++c) acc[c] = buf + int64_t{r[c * kPoints + i]} * row;
+    auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    for (int v = 0; v < kVectors; ++v) {
+      a0 = hn::MulAdd(g[v], hn::LoadU(d, acc[0] + kDims + v * n), a0);
+      a1 = hn::MulAdd(g[v], hn::LoadU(d, acc[1] + kDims + v * n), a1);
+      a2 = hn::MulAdd(g[v], hn::LoadU(d, acc[2] + kDims + v * n), a2);
+      a3 = hn::MulAdd(g[v], hn::LoadU(d, acc[3] + kDims + v * n), a3);
+    }
+    kernels::SumLanes4(d, a0, a1, a2, a3, dots + 4 * i);
+    for (int c = 0; c < 4; ++c) {
+      const auto k = hn::Set(d, coef[c * kPoints + i]);
+      for (int v = 0; v < kVectors; ++v) {
+        float* a = acc[c] + v * n;
+        hn::StoreU(hn::MulAdd(k, g[v], hn::LoadU(d, a)), d, a);
+      }
+    }
+  }
+}
+#endif
+
 // Nanoseconds per point of the backward's by-head row work on `keys` keys of (accumulator
 // row, value row): the loop of DotsAndContributions (src/cpu/backward.cc) with its gates
 // taken out, grad_output's row in registers, the four dots reduced together (SumLanes4) and
@@ -138,7 +170,7 @@ double PointNsPerPoint(int64_t keys, int64_t width) {
     for (int64_t item = 0; item < kItems; ++item) {
       const int32_t* r = rows.data() + item * kPoints * 4;
       const float* coef = coefs.data() + item * kPoints * 4;
-#if HWY_TARGET == HWY_SCALAR
+#if HWY_TARGET == HWY_SCALAR || HWY_HAVE_SCALABLE  // As in the kernel: the general path.
       for (int64_t i = 0; i < kPoints; ++i) {
         float* acc[4];
         for (int c = 0; c < 4; ++c) acc[c] = buf + int64_t{r[c * kPoints + i]} * row;
@@ -149,31 +181,7 @@ double PointNsPerPoint(int64_t keys, int64_t width) {
                                     g_row.get(), kDims);
       }
 #else
-      const hn::ScalableTag<float> d;
-      const int64_t n = static_cast<int64_t>(hn::Lanes(d));
-      constexpr int64_t kMaxVectors = kDims;  // The most vectors a row can take (1 lane).
-      const int64_t vectors = kDims / n;
-      hn::Vec<decltype(d)> g[kMaxVectors];
-      for (int64_t v = 0; v < vectors; ++v) g[v] = hn::LoadU(d, g_row.get() + v * n);
-      for (int64_t i = 0; i < kPoints; ++i) {
-        float* acc[4];
-        for (int c = 0; c < 4; ++c) acc[c] = buf + int64_t{r[c * kPoints + i]} * row;
-        auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-        for (int64_t v = 0; v < vectors; ++v) {
-          a0 = hn::MulAdd(g[v], hn::LoadU(d, acc[0] + kDims + v * n), a0);
-          a1 = hn::MulAdd(g[v], hn::LoadU(d, acc[1] + kDims + v * n), a1);
-          a2 = hn::MulAdd(g[v], hn::LoadU(d, acc[2] + kDims + v * n), a2);
-          a3 = hn::MulAdd(g[v], hn::LoadU(d, acc[3] + kDims + v * n), a3);
-        }
-        kernels::SumLanes4(d, a0, a1, a2, a3, dots.get() + 4 * i);
-        for (int c = 0; c < 4; ++c) {
-          const auto k = hn::Set(d, coef[c * kPoints + i]);
-          for (int64_t v = 0; v < vectors; ++v) {
-            float* a = acc[c] + v * n;
-            hn::StoreU(hn::MulAdd(k, g[v], hn::LoadU(d, a)), d, a);
-          }
-        }
-      }
+      PointRowWork(buf, row, r, coef, g_row.get(), dots.get());
 #endif
     }
   });
