@@ -33,28 +33,18 @@
 #include "hwy/aligned_allocator.h"
 #include "hwy/highway.h"
 #include "hwy/targets.h"
+#include "timing.h"
 
 // Target-independent helpers, once.
 #ifndef MSDA_BENCH_LOOPS_ONCE
 #define MSDA_BENCH_LOOPS_ONCE
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::Fastest;
 
 constexpr int64_t kDims = 32;
 constexpr int64_t kPoints = 16;   // Per (query, head), as in the encoder (L = 4, P = 4).
 constexpr int64_t kItems = 4096;  // (query, head) items per timed run.
-
-template <typename Fn>
-double Fastest(int tries, Fn fn) {
-  double best = 1e30;
-  for (int t = 0; t < tries; ++t) {
-    const auto start = Clock::now();
-    fn();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
-  }
-  return best;
-}
 
 // Corner key rows of kItems * kPoints bilinear points on a map `width` keys wide and `keys`
 // keys in all: (y, x), (y, x + 1), (y + 1, x), (y + 1, x + 1), corner by corner per item as

@@ -20,9 +20,14 @@
 #include <thread>
 #include <vector>
 
+#include "timing.h"
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::Fastest;
+using bench::Median;
+using bench::Seconds;
 
 // Every tensor and workspace is 64-byte aligned, as PyTorch's CPU allocator and
 // std::aligned_alloc(64, ...) place them. std::vector's own allocator (glibc malloc) starts a
@@ -55,37 +60,6 @@ struct Aligned64 {
 };
 template <typename T>
 using Buffer = std::vector<T, Aligned64<T>>;
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-template <typename Fn>
-double Median(int repeats, Fn fn) {
-  std::vector<double> t;
-  fn();  // Warm-up: page faults, thread start.
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = Clock::now();
-    fn();
-    t.push_back(Seconds(start, Clock::now()));
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-// The machine's limits are the best it does: the fastest of `repeats` runs (a median can
-// take a run where the host lent the second vCPU elsewhere).
-template <typename Fn>
-double Fastest(int repeats, Fn fn) {
-  double best = 0;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = Clock::now();
-    fn();
-    const double t = Seconds(start, Clock::now());
-    if (i == 0 || t < best) best = t;
-  }
-  return best;
-}
 
 // Runs fn(thread_index) on n threads and returns when all are done.
 template <typename Fn>
