@@ -218,8 +218,9 @@ def main():
         "dots with grad_output reduced together, four accumulator rows read, updated and "
         "stored). Times the encoder's corners or points, they are the time its row work would "
         "take if every row were that close, before any geometry, point gradient or memory "
-        "traffic of the per-query tensors. The gather needs two row loads and a weight "
-        "broadcast for every two FMAs, so it cannot reach the FMA peak the roofline assumes.",
+        "traffic of the per-query tensors. The gather loads a vector of a row for every FMA, and "
+        "a weight and a row index per corner besides, so it cannot reach the FMA peak the "
+        "roofline assumes.",
         "",
         loops_text.strip().splitlines()[0],
         "",
