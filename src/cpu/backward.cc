@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/geometry-inl.h"
@@ -327,30 +328,27 @@ struct BackwardKernel {
   }
 
 #if HWY_TARGET != HWY_SCALAR && !HWY_HAVE_SCALABLE
-  // DotsAndContributions for a row of `vectors` whole vectors, or false.
+  // The row lengths, in whole vectors, that DotsAndContributions is instantiated for.
+  using RowVectors = std::integer_sequence<int, 1, 2, 4, 8, 16>;
+
+  // DotsAndContributions for a row of `vectors` whole vectors, one of RowVectors, or false.
   template <bool kValueAfterAcc>
   bool DotsAndContributionsOf(int64_t vectors, const float* g_row, const T* value,
                               int64_t key_stride, const Sink& sink, const Corners& k,
                               const float* coefs, float* dots, int thread_index) const {
-    switch (vectors) {
-      case 1:
-        return DotsAndContributions<1, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
-                                                       dots, thread_index);
-      case 2:
-        return DotsAndContributions<2, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
-                                                       dots, thread_index);
-      case 4:
-        return DotsAndContributions<4, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
-                                                       dots, thread_index);
-      case 8:
-        return DotsAndContributions<8, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
-                                                       dots, thread_index);
-      case 16:
-        return DotsAndContributions<16, kValueAfterAcc>(g_row, value, key_stride, sink, k, coefs,
-                                                        dots, thread_index);
-      default:
-        return false;
-    }
+    return DotsAndContributionsAny<kValueAfterAcc>(RowVectors{}, vectors, g_row, value, key_stride,
+                                                   sink, k, coefs, dots, thread_index);
+  }
+  template <bool kValueAfterAcc, int... kVectors>
+  bool DotsAndContributionsAny(std::integer_sequence<int, kVectors...>, int64_t vectors,
+                               const float* g_row, const T* value, int64_t key_stride,
+                               const Sink& sink, const Corners& k, const float* coefs, float* dots,
+                               int thread_index) const {
+    // The instance whose row length matches; none when `vectors` is not in the list.
+    return ((vectors == kVectors &&
+             DotsAndContributions<kVectors, kValueAfterAcc>(g_row, value, key_stride, sink, k,
+                                                            coefs, dots, thread_index)) ||
+            ...);
   }
 
   // kValueAfterAcc: each key's value row (the head's copy) follows its accumulator row.
