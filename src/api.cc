@@ -263,7 +263,7 @@ msdaStatus msdaForwardGetWorkspaceSize(const msdaTensor* value, const msdaTensor
     if (status != MSDA_SUCCESS) return status;
     msda::Plan plan;
     if (!msda::MakeForwardPlan(problem, msda::ThisMachine(), &plan)) {
-      return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: the workspace size overflows int64");
+      return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: a size the plan needs overflows int64");
     }
     return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);
   } catch (const std::bad_alloc&) {
@@ -306,7 +306,7 @@ msdaStatus msdaBackwardGetWorkspaceSize(
     if (status != MSDA_SUCCESS) return status;
     msda::Plan plan;
     if (!msda::MakeBackwardPlan(problem, msda::ThisMachine(), grads, &plan)) {
-      return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: the workspace size overflows int64");
+      return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: a size the plan needs overflows int64");
     }
     return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);
   } catch (const std::bad_alloc&) {

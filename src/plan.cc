@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <initializer_list>
 #include <limits>
 
 #include "tensor.h"
@@ -11,7 +12,20 @@ namespace {
 
 constexpr int64_t kAlign = 64;
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// For a >= 0, b > 0; never overflows (a + b - 1 would, for a near the int64 limit).
+int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
+
+// *out = the product of the factors; false if it overflows int64. Every size product the
+// planner forms from the problem goes through here: with batch 0 every tensor is empty, so no
+// tensor-size check bounds the other dims.
+bool Product(std::initializer_list<int64_t> factors, int64_t* out) {
+  int64_t product = 1;
+  for (int64_t f : factors) {
+    if (__builtin_mul_overflow(product, f, &product)) return false;
+  }
+  *out = product;
+  return true;
+}
 
 // Adds n bytes to a running layout at a 64-byte aligned offset, checking for overflow.
 class Layout {
@@ -37,14 +51,20 @@ class Layout {
   bool overflow_ = false;
 };
 
+// Bounds levels * points * 4 so that the padded counts below stay far inside int64.
+constexpr int64_t kMaxScratchCorners = std::numeric_limits<int64_t>::max() / 64;
+
 // Returns false on overflow.
 bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scratch) {
   Layout layout;
-  const int64_t corners = p.num_levels() * p.points * 4;
+  int64_t corners = 0, padded = 0;
   // Padded by 64 lanes: SIMD compaction stores whole vectors past the last kept corner.
+  if (!Product({p.num_levels(), p.points, 4}, &corners) || corners > kMaxScratchCorners ||
+      !Product({CeilDiv(corners / 4, 64), 64 * 4}, &padded)) {
+    return false;
+  }
   scratch->corner_offsets = layout.Add(corners + 64, sizeof(int64_t));
   scratch->corner_weights = layout.Add(corners + 64, acc_bytes);
-  const int64_t padded = (p.num_levels() * p.points + 63) / 64 * 64 * 4;
   scratch->corner_rows_by_corner = layout.Add(padded, sizeof(int32_t));
   scratch->corner_weights_by_corner = layout.Add(padded, sizeof(float));
   scratch->point_fractions = layout.Add(padded / 2, sizeof(float));
@@ -68,10 +88,8 @@ constexpr int64_t kCopyBlockKeys = 1024;
 // to the copy's size when it does.
 // Whether queries read at least 16 corner rows per key of each head, enough to pay for a copy.
 bool ManyCornersPerKey(const Problem& p) {
-  int64_t corners = 4;
-  return !__builtin_mul_overflow(corners, p.queries, &corners) &&
-         !__builtin_mul_overflow(corners, p.num_levels() * p.points, &corners) &&
-         corners / 16 >= p.keys;
+  int64_t corners = 0;
+  return Product({4, p.queries, p.num_levels(), p.points}, &corners) && corners / 16 >= p.keys;
 }
 
 bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
@@ -79,7 +97,9 @@ bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
   const bool sizes_fit = !__builtin_mul_overflow(value_bytes, p.keys, &value_bytes) &&
                          !__builtin_mul_overflow(value_bytes, p.heads, &value_bytes) &&
                          !__builtin_mul_overflow(value_bytes, p.dims, &value_bytes);
-  if (!sizes_fit || p.heads < 2 || value_bytes > kHeadMajorCopyLimitBytes) return false;
+  if (!sizes_fit || p.batch < 1 || p.heads < 2 || value_bytes > kHeadMajorCopyLimitBytes) {
+    return false;
+  }
   if (!ManyCornersPerKey(p) || p.queries < 1024) return false;
   *bytes = value_bytes;
   return true;
@@ -113,7 +133,10 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
   const int64_t workers = std::min<int64_t>({threads, tasks, fit});
   if (workers < 1 || scratch_bytes > (1 << 20)) return false;
   const int64_t rounds = CeilDiv(tasks, workers);
-  if (2 * rounds * threads > 3 * tasks) return false;
+  int64_t busy = 0, wanted = 0;
+  if (!Product({2, rounds, threads}, &busy) || !Product({3, tasks}, &wanted) || busy > wanted) {
+    return false;
+  }
 
   b.by_head = true;
   b.head_copy = copy;
@@ -148,6 +171,10 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   // (points outside the maps cost nothing).
   ForwardPlan& f = plan->forward;
   const int64_t target_tiles = int64_t{16} * threads;
+  int64_t items = 0, pairs = 0;  // batch * queries, batch * heads.
+  if (!Product({p.batch, p.queries}, &items) || !Product({p.batch, p.heads}, &pairs)) {
+    return false;
+  }
   int64_t value_bytes = 0;
   f.head_major = machine.head_major && WantsHeadMajorCopy(p, &value_bytes);
   if (f.head_major) {
@@ -158,7 +185,7 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
     // Encoder: 42 -> 36 ms on one thread, 25 -> 18 ms on two; wide-batch 1.2-1.25x.
     f.heads_per_tile = 1;
     f.num_head_groups = p.heads;
-    const int64_t blocks_per_row = CeilDiv(target_tiles, p.batch * p.heads);
+    const int64_t blocks_per_row = CeilDiv(target_tiles, pairs);
     f.query_block = std::max<int64_t>(CeilDiv(p.queries, blocks_per_row), 256);
     f.copy_block_keys = kCopyBlockKeys;
     f.num_copy_blocks = CeilDiv(p.keys, f.copy_block_keys);
@@ -166,7 +193,7 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
     // A tile takes all heads of its queries when there is enough work: this reads whole
     // contiguous [heads, dims] rows of a key instead of one head's rows at a power-of-two
     // stride. Query blocks of at most 256 queries.
-    f.heads_per_tile = p.batch * p.queries >= 8 * target_tiles ? p.heads : 1;
+    f.heads_per_tile = items >= 8 * target_tiles ? p.heads : 1;
     f.num_head_groups = CeilDiv(p.heads, f.heads_per_tile);
     const int64_t rows = p.batch * f.num_head_groups;  // Independent rows of query blocks.
     const int64_t blocks_per_row = rows > 0 ? CeilDiv(target_tiles, rows) : 1;
@@ -174,7 +201,7 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
         std::clamp<int64_t>(CeilDiv(std::max<int64_t>(p.queries, 1), blocks_per_row), 1, 256);
   }
   f.num_query_blocks = CeilDiv(p.queries, f.query_block);
-  f.num_tiles = p.batch * f.num_head_groups * f.num_query_blocks;
+  if (!Product({p.batch, f.num_head_groups, f.num_query_blocks}, &f.num_tiles)) return false;
   plan->num_threads =
       static_cast<int>(std::clamp<int64_t>(f.num_tiles, 1, static_cast<int64_t>(threads)));
 
@@ -200,12 +227,12 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
 
   // Work is per batch item and walks all heads of each query together (see ForwardPlan), so
   // a query makes heads * levels * points * 4 corner contributions.
-  int64_t corners_per_query;
-  if (__builtin_mul_overflow(p.heads * p.num_levels() * p.points, int64_t{4}, &corners_per_query)) {
+  int64_t corners_per_query = 0;
+  int64_t channels = 0;  // heads * dims: one key row, or one query row, of every head.
+  if (!Product({p.heads, p.num_levels(), p.points, 4}, &corners_per_query) ||
+      !Product({p.heads, p.dims}, &channels)) {
     return false;
   }
-  int64_t channels;  // heads * dims: one key row, or one query row, of every head.
-  if (__builtin_mul_overflow(p.heads, p.dims, &channels)) return false;
   const int64_t queries = std::max<int64_t>(p.queries, 1);
   if (grads.value) {
     // A pass holds every contribution of its queries; split the queries if they do not fit.
@@ -225,9 +252,11 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
   b.chunks_per_pass = CeilDiv(b.pass_queries, b.chunk_queries);
   // A key block's accumulator rows (every head) fill about 32 KiB, so they stay in L1/L2
   // while added to. A power of two, so that the kernels find a row's block with a shift.
-  const int64_t row_bytes = std::max<int64_t>(channels * plan->acc_bytes, 1);
+  int64_t row_bytes = 0;
+  if (!Product({channels, plan->acc_bytes}, &row_bytes)) return false;
+  row_bytes = std::max<int64_t>(row_bytes, 1);
   b.key_block_shift = 0;
-  while (b.key_block_shift < 10 && (row_bytes << (b.key_block_shift + 1)) <= (int64_t{32} << 10)) {
+  while (b.key_block_shift < 10 && row_bytes <= ((int64_t{32} << 10) >> (b.key_block_shift + 1))) {
     ++b.key_block_shift;
   }
   b.key_block_rows = int64_t{1} << b.key_block_shift;
@@ -235,8 +264,12 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
 
   if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
   if (grads.value && machine.by_head && MakeByHeadPlan(p, machine, plan)) return true;
-  const int64_t parallel_tasks = grads.value ? std::max(b.chunks_per_pass, b.num_key_blocks)
-                                             : p.batch * b.chunks_per_pass * b.num_passes;
+  int64_t parallel_tasks = 0;
+  if (grads.value) {
+    parallel_tasks = std::max(b.chunks_per_pass, b.num_key_blocks);
+  } else if (!Product({p.batch, b.chunks_per_pass, b.num_passes}, &parallel_tasks)) {
+    return false;
+  }
   plan->num_threads =
       static_cast<int>(std::clamp<int64_t>(parallel_tasks, 1, static_cast<int64_t>(threads)));
 

@@ -255,6 +255,70 @@ TEST_F(Validation, NullDataIsFineForEmptyTensors) {
   }
 }
 
+TEST_F(Validation, EmptyBatchWithHugeSizesIsRefusedNotOverflowed) {
+  // Batch 0 makes every tensor empty, so no size check on the tensors stops a point count (or
+  // a query count) whose products in planning pass int64: the planner must refuse them itself.
+  // Under UBSan an unchecked product is reported as signed overflow.
+  p_.batch = 0;
+  auto empty = [&](const std::vector<int64_t>& dims) {
+    const std::vector<int64_t> strides(dims.size(), 1);
+    msdaTensor* t = msdaCreateTensor(dims.data(), dims.size(), MSDA_FLOAT32, strides.data(), 0,
+                                     MSDA_DEVICE_CPU, 0, nullptr);
+    EXPECT_NE(t, nullptr) << msdaGetLastErrorMessage();
+    handles_.emplace_back(t);
+    return t;
+  };
+  const int64_t huge_counts[][2] = {{int64_t{1} << 61, 3},  // points, queries
+                                    {(int64_t{1} << 62) + 1, 3},
+                                    {std::numeric_limits<int64_t>::max(), 3},
+                                    {int64_t{1} << 59, 3},
+                                    {int64_t{1} << 59, std::numeric_limits<int64_t>::max()}};
+  for (const auto& counts : huge_counts) {
+    p_.points = counts[0];
+    p_.queries = counts[1];
+    Call c;
+    c.shapes = Shapes(p_.levels)->get();
+    c.starts = Starts(p_.level_start())->get();
+    c.value = empty(p_.value_dims());
+    c.loc = empty(p_.loc_dims());
+    c.attn = empty(p_.attn_dims());
+    c.out = empty(p_.out_dims());
+    c.grad_out = empty(p_.out_dims());
+    c.grad_value = empty(p_.value_dims());
+    c.grad_loc = empty(p_.loc_dims());
+    c.grad_attn = empty(p_.attn_dims());
+    SCOPED_TRACE("points " + std::to_string(counts[0]) + ", queries " + std::to_string(counts[1]));
+    for (Direction dir : {Direction::kForward, Direction::kBackward}) {
+      ExpectRefused(dir, c, MSDA_ERROR_LIMIT_EXCEEDED, {"workspace"});
+    }
+  }
+  // Many queries and no batch item: planned (no head-major copy of an empty value) and run.
+  for (int64_t queries : {int64_t{4096}, std::numeric_limits<int64_t>::max()}) {
+    p_.points = 2;
+    p_.queries = queries;
+    SCOPED_TRACE("queries " + std::to_string(queries));
+    Call c;
+    c.shapes = Shapes(p_.levels)->get();
+    c.starts = Starts(p_.level_start())->get();
+    c.value = empty(p_.value_dims());
+    c.loc = empty(p_.loc_dims());
+    c.attn = empty(p_.attn_dims());
+    c.out = empty(p_.out_dims());
+    c.grad_out = empty(p_.out_dims());
+    c.grad_value = empty(p_.value_dims());
+    for (Direction dir : {Direction::kForward, Direction::kBackward}) {
+      uint64_t ws = 0;
+      msdaExecutor* ex = nullptr;
+      ASSERT_EQ(Plan(dir, c, &ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+      Workspace w(ws);
+      EXPECT_EQ(dir == Direction::kForward ? msdaForward(w.data(), ws, ex, nullptr)
+                                           : msdaBackward(w.data(), ws, ex, nullptr),
+                MSDA_SUCCESS)
+          << msdaGetLastErrorMessage();
+    }
+  }
+}
+
 TEST_F(Validation, NullOutParams) {
   for (Direction dir : {Direction::kForward, Direction::kBackward}) {
     const Call c = Valid();

@@ -211,7 +211,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int64_t H = in.ConsumeIntegralInRange<int64_t>(1, 3);
   const int64_t D = in.ConsumeIntegralInRange<int64_t>(1, 20);
   const int64_t L = in.ConsumeIntegralInRange<int64_t>(1, 3);
-  const int64_t P = in.ConsumeIntegralInRange<int64_t>(1, 3);
+  // The byte that picks P in 1..3; with batch 0 (every tensor empty), 255 picks any positive
+  // count instead, so that the planner's size products can pass int64.
+  const uint8_t points_byte = in.ConsumeIntegral<uint8_t>();
+  const int64_t P = B == 0 && points_byte == 255
+                        ? in.ConsumeIntegralInRange<int64_t>(1, INT64_MAX)
+                        : 1 + points_byte % 3;
   std::vector<int64_t> shapes, starts;
   int64_t K = 0;
   for (int64_t l = 0; l < L; ++l) {
