@@ -147,6 +147,30 @@ class Validation : public ::testing::Test {
     msdaDestroyExecutor(ex);
   }
 
+  // Expects both directions planned and run without error (empty tensors need no memory).
+  void ExpectPlannedAndRun(const Call& c) {
+    for (Direction dir : {Direction::kForward, Direction::kBackward}) {
+      uint64_t ws = 0;
+      msdaExecutor* ex = nullptr;
+      ASSERT_EQ(Plan(dir, c, &ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+      Workspace w(ws);
+      EXPECT_EQ(dir == Direction::kForward ? msdaForward(w.data(), ws, ex, nullptr)
+                                           : msdaBackward(w.data(), ws, ex, nullptr),
+                MSDA_SUCCESS)
+          << msdaGetLastErrorMessage();
+    }
+  }
+  // A float tensor without data; unit strides where contiguous ones would overflow int64.
+  msdaTensor* EmptyTensor(const std::vector<int64_t>& dims, bool unit_strides) {
+    const std::vector<int64_t> strides(dims.size(), 1);
+    msdaTensor* t = msdaCreateTensor(dims.data(), dims.size(), MSDA_FLOAT32,
+                                     unit_strides ? strides.data() : nullptr, 0, MSDA_DEVICE_CPU,
+                                     0, nullptr);
+    EXPECT_NE(t, nullptr) << msdaGetLastErrorMessage();
+    handles_.emplace_back(t);
+    return t;
+  }
+
   Problem p_;
   std::vector<std::unique_ptr<HostTensor>> keep_;
   std::vector<TensorPtr> handles_;  // Views made directly with msdaCreateTensor.
@@ -228,12 +252,7 @@ TEST_F(Validation, NullDataWithElements) {
 TEST_F(Validation, NullDataIsFineForEmptyTensors) {
   // Batch 0: value, locations, weights and output have no elements and need no memory.
   p_.batch = 0;
-  auto empty = [&](const std::vector<int64_t>& dims) {
-    msdaTensor* t = msdaCreateTensor(dims.data(), dims.size(), MSDA_FLOAT32, nullptr, 0,
-                                     MSDA_DEVICE_CPU, 0, nullptr);
-    handles_.emplace_back(t);
-    return t;
-  };
+  auto empty = [&](const std::vector<int64_t>& dims) { return EmptyTensor(dims, false); };
   Call c = Valid();
   c.value = empty(p_.value_dims());
   c.loc = empty(p_.loc_dims());
@@ -243,16 +262,7 @@ TEST_F(Validation, NullDataIsFineForEmptyTensors) {
   c.grad_value = empty(p_.value_dims());
   c.grad_loc = empty(p_.loc_dims());
   c.grad_attn = empty(p_.attn_dims());
-  for (Direction dir : {Direction::kForward, Direction::kBackward}) {
-    uint64_t ws = 0;
-    msdaExecutor* ex = nullptr;
-    ASSERT_EQ(Plan(dir, c, &ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
-    Workspace w(ws);
-    EXPECT_EQ(dir == Direction::kForward ? msdaForward(w.data(), ws, ex, nullptr)
-                                         : msdaBackward(w.data(), ws, ex, nullptr),
-              MSDA_SUCCESS)
-        << msdaGetLastErrorMessage();
-  }
+  ExpectPlannedAndRun(c);
 }
 
 TEST_F(Validation, EmptyBatchWithHugeSizesIsRefusedNotOverflowed) {
@@ -260,14 +270,7 @@ TEST_F(Validation, EmptyBatchWithHugeSizesIsRefusedNotOverflowed) {
   // a query count) whose products in planning pass int64: the planner must refuse them itself.
   // Under UBSan an unchecked product is reported as signed overflow.
   p_.batch = 0;
-  auto empty = [&](const std::vector<int64_t>& dims) {
-    const std::vector<int64_t> strides(dims.size(), 1);
-    msdaTensor* t = msdaCreateTensor(dims.data(), dims.size(), MSDA_FLOAT32, strides.data(), 0,
-                                     MSDA_DEVICE_CPU, 0, nullptr);
-    EXPECT_NE(t, nullptr) << msdaGetLastErrorMessage();
-    handles_.emplace_back(t);
-    return t;
-  };
+  auto empty = [&](const std::vector<int64_t>& dims) { return EmptyTensor(dims, true); };
   const int64_t huge_counts[][2] = {{int64_t{1} << 61, 3},  // points, queries
                                     {(int64_t{1} << 62) + 1, 3},
                                     {std::numeric_limits<int64_t>::max(), 3},
@@ -306,16 +309,7 @@ TEST_F(Validation, EmptyBatchWithHugeSizesIsRefusedNotOverflowed) {
     c.out = empty(p_.out_dims());
     c.grad_out = empty(p_.out_dims());
     c.grad_value = empty(p_.value_dims());
-    for (Direction dir : {Direction::kForward, Direction::kBackward}) {
-      uint64_t ws = 0;
-      msdaExecutor* ex = nullptr;
-      ASSERT_EQ(Plan(dir, c, &ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
-      Workspace w(ws);
-      EXPECT_EQ(dir == Direction::kForward ? msdaForward(w.data(), ws, ex, nullptr)
-                                           : msdaBackward(w.data(), ws, ex, nullptr),
-                MSDA_SUCCESS)
-          << msdaGetLastErrorMessage();
-    }
+    ExpectPlannedAndRun(c);
   }
 }
 
