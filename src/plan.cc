@@ -166,6 +166,9 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   plan->prefetch = machine.prefetch;
   plan->acc_bytes = AccBytes(p);
   const int threads = std::max(1, machine.num_threads);
+  // No batch item: nothing is read or written, so no tiles, scratch or workspace (with every
+  // tensor empty, no tensor size bounds the other dims).
+  if (p.batch == 0) return true;
 
   // Aim for about 16 tiles per thread so that dynamic scheduling balances uneven tiles
   // (points outside the maps cost nothing).
@@ -205,7 +208,8 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   plan->num_threads =
       static_cast<int>(std::clamp<int64_t>(f.num_tiles, 1, static_cast<int64_t>(threads)));
 
-  if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
+  // Scratch holds one query's corners: none without queries.
+  if (p.queries > 0 && !MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
   Layout layout;
   layout.Add(plan->num_threads, plan->scratch.bytes);
   if (f.head_major) f.value_copy_offset = layout.Add(value_bytes, 1);
@@ -224,6 +228,8 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
   BackwardPlan& b = plan->backward;
   b.grads = grads;
   b.entry_bytes = BackwardEntryBytes(plan->acc_bytes);
+  // No batch item: no gradient element to write (see MakeForwardPlan).
+  if (p.batch == 0) return true;
 
   // Work is per batch item and walks all heads of each query together (see ForwardPlan), so
   // a query makes heads * levels * points * 4 corner contributions.

@@ -265,20 +265,12 @@ TEST_F(Validation, NullDataIsFineForEmptyTensors) {
   ExpectPlannedAndRun(c);
 }
 
-TEST_F(Validation, EmptyBatchWithHugeSizesIsRefusedNotOverflowed) {
-  // Batch 0 makes every tensor empty, so no size check on the tensors stops a point count (or
-  // a query count) whose products in planning pass int64: the planner must refuse them itself.
-  // Under UBSan an unchecked product is reported as signed overflow.
-  p_.batch = 0;
+TEST_F(Validation, EmptyCallsWithHugeSizesArePlannedOrRefusedNotOverflowed) {
+  // Batch 0 (or queries 0) makes the tensors empty, so no size check on the tensors stops a
+  // point or query count whose products in planning pass int64. Under UBSan an unchecked
+  // product is reported as signed overflow.
   auto empty = [&](const std::vector<int64_t>& dims) { return EmptyTensor(dims, true); };
-  const int64_t huge_counts[][2] = {{int64_t{1} << 61, 3},  // points, queries
-                                    {(int64_t{1} << 62) + 1, 3},
-                                    {std::numeric_limits<int64_t>::max(), 3},
-                                    {int64_t{1} << 59, 3},
-                                    {int64_t{1} << 59, std::numeric_limits<int64_t>::max()}};
-  for (const auto& counts : huge_counts) {
-    p_.points = counts[0];
-    p_.queries = counts[1];
+  auto empty_call = [&]() {
     Call c;
     c.shapes = Shapes(p_.levels)->get();
     c.starts = Starts(p_.level_start())->get();
@@ -290,26 +282,51 @@ TEST_F(Validation, EmptyBatchWithHugeSizesIsRefusedNotOverflowed) {
     c.grad_value = empty(p_.value_dims());
     c.grad_loc = empty(p_.loc_dims());
     c.grad_attn = empty(p_.attn_dims());
+    return c;
+  };
+  const int64_t kMax = std::numeric_limits<int64_t>::max();
+  const int64_t huge_counts[][2] = {{int64_t{1} << 61, 3},  // points, queries
+                                    {(int64_t{1} << 62) + 1, 3},
+                                    {kMax, 3},
+                                    {int64_t{1} << 59, 3},
+                                    {int64_t{1} << 59, kMax},
+                                    {2, 4096},
+                                    {2, kMax}};
+  // No batch item: nothing to do, so planned with no workspace (and no head-major copy of an
+  // empty value) and run.
+  p_.batch = 0;
+  for (const auto& counts : huge_counts) {
+    p_.points = counts[0];
+    p_.queries = counts[1];
     SCOPED_TRACE("points " + std::to_string(counts[0]) + ", queries " + std::to_string(counts[1]));
+    const Call c = empty_call();
     for (Direction dir : {Direction::kForward, Direction::kBackward}) {
-      ExpectRefused(dir, c, MSDA_ERROR_LIMIT_EXCEEDED, {"workspace"});
+      uint64_t ws = 1;
+      msdaExecutor* ex = nullptr;
+      ASSERT_EQ(Plan(dir, c, &ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+      EXPECT_EQ(ws, 0u);
+      EXPECT_EQ(dir == Direction::kForward ? msdaForward(nullptr, 0, ex, nullptr)
+                                           : msdaBackward(nullptr, 0, ex, nullptr),
+                MSDA_SUCCESS)
+          << msdaGetLastErrorMessage();
     }
   }
-  // Many queries and no batch item: planned (no head-major copy of an empty value) and run.
-  for (int64_t queries : {int64_t{4096}, std::numeric_limits<int64_t>::max()}) {
-    p_.points = 2;
-    p_.queries = queries;
-    SCOPED_TRACE("queries " + std::to_string(queries));
-    Call c;
-    c.shapes = Shapes(p_.levels)->get();
-    c.starts = Starts(p_.level_start())->get();
-    c.value = empty(p_.value_dims());
-    c.loc = empty(p_.loc_dims());
-    c.attn = empty(p_.attn_dims());
-    c.out = empty(p_.out_dims());
-    c.grad_out = empty(p_.out_dims());
-    c.grad_value = empty(p_.value_dims());
-    ExpectPlannedAndRun(c);
+  // One batch item and no query: the forward has nothing to do; the backward zeroes
+  // grad_value but plans its per-query buffers for a point count past int64, and refuses it.
+  p_.batch = 1;
+  p_.queries = 0;
+  for (int64_t points : {int64_t{1} << 61, kMax}) {
+    p_.points = points;
+    SCOPED_TRACE("points " + std::to_string(points));
+    Call c = empty_call();
+    c.value = Make(p_.value_dims(), MSDA_FLOAT32)->get();
+    c.grad_value = Make(p_.value_dims(), MSDA_FLOAT32)->get();
+    uint64_t ws = 1;
+    msdaExecutor* ex = nullptr;
+    ASSERT_EQ(Plan(Direction::kForward, c, &ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+    EXPECT_EQ(ws, 0u);
+    EXPECT_EQ(msdaForward(nullptr, 0, ex, nullptr), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+    ExpectRefused(Direction::kBackward, c, MSDA_ERROR_LIMIT_EXCEEDED, {"workspace"});
   }
 }
 

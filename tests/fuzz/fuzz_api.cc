@@ -184,7 +184,8 @@ void Run(FuzzedDataProvider& in, bool backward, uint64_t size, msdaExecutor* exe
   const int choice = in.ConsumeIntegralInRange<int>(0, 5);
   uint64_t given = size;
   if (choice == 4 && size > 0) given = size - 1;
-  if (choice == 5) given = 0;
+  // Past 1 GiB (huge counts with no query) only the refusals are tried.
+  if (choice == 5 || given > (uint64_t{1} << 30)) given = 0;
   std::unique_ptr<unsigned char[]> workspace(given ? new unsigned char[given] : nullptr);
   if (given) std::memset(workspace.get(), in.ConsumeIntegral<uint8_t>(), given);
   if (in.ConsumeBool()) Require(msdaSetExecutorRepeatable(executor) == MSDA_SUCCESS, "repeatable");
