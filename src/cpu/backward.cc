@@ -780,8 +780,11 @@ struct BackwardKernel {
 void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
   const GradientSet& grads = e.plan.backward.grads;
   if (!grads.value && !grads.locations && !grads.weights) return;
+  if (e.problem.batch == 0) return;  // No gradient element.
   PointLevels levels;
-  const bool simd_geometry = SimdGeometryApplies(e.problem, e.params, &levels);
+  // Without queries only grad_value is written (zeros), with no geometry.
+  const bool simd_geometry =
+      e.problem.queries > 0 && SimdGeometryApplies(e.problem, e.params, &levels);
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
     using T = decltype(t);
     using L = decltype(l);

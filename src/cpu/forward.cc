@@ -258,6 +258,8 @@ struct ForwardKernel {
 };
 
 void RunForwardTarget(const msdaExecutor& e, void* workspace) {
+  // No output element (and, with every tensor empty, no bound on the point count).
+  if (e.problem.batch == 0 || e.problem.queries == 0) return;
   PointLevels levels;
   // The forward also reads the attention weights as vectors: contiguous over (level, point).
   const bool simd_geometry = e.params.attn_stride[4] == 1 &&
