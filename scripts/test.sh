@@ -27,7 +27,8 @@ fi
 if [ -f pyproject.toml ] && [ "${MSDA_SKIP_PYTHON:-0}" != 1 ]; then
   # torch is pinned to the CPU build kept on these machines; an unpinned install would pull a
   # multi-GB CUDA build.
-  python3 -m pip install -q "torch==2.13.0" numpy pytest hypothesis scikit-build-core nanobind
+  python3 -m pip install -q "torch==2.13.0" "triton==3.9.0" numpy pytest hypothesis \
+    scikit-build-core nanobind
   python3 -m pip install -q --no-build-isolation .
   python3 -m pytest -q tests/python
 fi

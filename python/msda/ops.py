@@ -23,8 +23,9 @@ __all__ = ["ms_deform_attn", "ms_deform_attn_backward", "level_start_index"]
 def _check_cpu(name: str, t: Tensor) -> None:
     if t.device.type != "cpu":
         raise ValueError(
-            f"{name}: must be a CPU tensor (msda's PyTorch op runs on the CPU only; "
-            f"spatial_shapes and level_start_index are read on the host), got device {t.device}"
+            f"{name}: must be a CPU tensor on this path (a call runs on msda's C++ core when "
+            f"value is a CPU tensor, on its Triton kernels when it is a CUDA one), got device "
+            f"{t.device}"
         )
 
 
@@ -33,7 +34,9 @@ def _check_same_device(names, tensors) -> None:
     call to the fake implementation, which returns uninitialised memory."""
     device = tensors[0].device
     for name, t in zip(names, tensors):
-        if t.device != device:
+        # On a GPU the level table may stay on the host (the Triton path copies it over).
+        host_table = name in ("spatial_shapes", "level_start_index") and t.device.type == "cpu"
+        if t.device != device and not (device.type == "cuda" and host_table):
             raise ValueError(
                 f"{name}: must be on the same device as value ({device}), got {t.device}"
             )
@@ -137,6 +140,61 @@ def _(
     )
 
 
+# CUDA tensors (NVIDIA, and AMD through ROCm's "cuda" device) run on the Triton kernels of
+# msda.triton, imported on the first such call: the CPU package never imports triton.
+@_ms_deform_attn_op.register_kernel("cuda")
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    from .triton import _gpu
+
+    return _gpu.forward(value, spatial_shapes, level_start_index, sampling_locations,
+                        attention_weights)
+
+
+@_ms_deform_attn_backward_op.register_kernel("cuda")
+def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+      attention_weights, need_value, need_locations, need_weights):
+    from .triton import _gpu
+
+    return _gpu.backward(grad_output, value, spatial_shapes, level_start_index,
+                         sampling_locations, attention_weights, need_value, need_locations,
+                         need_weights)
+
+
+def _decompose_on_gpu(launcher_name):
+    """Under torch.compile (AOTAutograd's functional tracing), a call on CUDA tensors becomes
+    its Triton kernels (wrap_triton), which Inductor then compiles into the graph; CPU calls,
+    and torch.export (which keeps the op whole), see the op itself."""
+
+    def decompose(mode, op, types, args, kwargs):
+        try:
+            from torch.export._trace import custom_triton_ops_decomposition_disabled
+        except ImportError:  # Older torch: export decomposes as compile does.
+            def custom_triton_ops_decomposition_disabled():
+                return False
+
+        value = args[1] if launcher_name == "backward" else args[0]
+        if value.device.type != "cuda" or custom_triton_ops_decomposition_disabled():
+            return mode.__torch_dispatch__(op, types, args, kwargs)
+        from .triton import _gpu
+
+        with mode:
+            return getattr(_gpu, launcher_name + "_traced")(*args, **kwargs)
+
+    return decompose
+
+
+def _register_decompositions():
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    _ms_deform_attn_op.register_torch_dispatch(FunctionalTensorMode,
+                                               _decompose_on_gpu("forward"))
+    _ms_deform_attn_backward_op.register_torch_dispatch(FunctionalTensorMode,
+                                                        _decompose_on_gpu("backward"))
+
+
+_register_decompositions()
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -232,8 +290,11 @@ def _index_tensor(name: str, x) -> Tensor:
 def _check_tensor(name: str, t) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.device.type not in ("cpu", "meta"):
-        _check_cpu(name, t)
+    if t.device.type not in ("cpu", "meta", "cuda"):
+        raise ValueError(
+            f"{name}: must be a CPU or CUDA tensor (msda runs on its C++ core and, for CUDA "
+            f"tensors, on its Triton kernels), got device {t.device}"
+        )
 
 
 def ms_deform_attn(
