@@ -126,8 +126,9 @@ aclError aclrtSynchronizeStream(aclrtStream /*stream*/) {
 
 aclError aclrtMalloc(void** devPtr, size_t size, aclrtMemMallocPolicy policy) {
   if (policy < ACL_MEM_MALLOC_HUGE_FIRST || policy > ACL_MEM_MALLOC_NORMAL_ONLY_P2P) {
-    return msda_aclnn::Refuse(ACL_ERROR_INVALID_PARAM, "aclrtMalloc: unknown policy " +
-                                                           std::to_string(static_cast<int>(policy)));
+    return msda_aclnn::Refuse(ACL_ERROR_INVALID_PARAM,
+                              "aclrtMalloc: unknown policy " +
+                                  std::to_string(static_cast<int>(policy)));
   }
   return msda_aclnn::Allocate("aclrtMalloc", devPtr, size);
 }
