@@ -88,17 +88,20 @@ struct Call {
   HostTensor value, shapes, starts, locations, weights, output, grad_output, grad_value,
       grad_locations, grad_weights;
 
-  Call(const Shape& s, msdaDataType dtype, msdaDataType index_dtype, const Layouts& l)
+  // loc_dtype is the locations' (and their gradient's) dtype; by default value's.
+  Call(const Shape& s, msdaDataType dtype, msdaDataType index_dtype, const Layouts& l,
+       int loc_dtype = -1)
       : value({s.batch, s.keys(), s.heads, s.dims}, dtype, l.value),
         shapes({s.num_levels(), 2}, index_dtype, l.shapes),
         starts({s.num_levels()}, index_dtype, l.starts),
-        locations({s.batch, s.queries, s.heads, s.num_levels(), s.points, 2}, dtype, l.locations),
+        locations({s.batch, s.queries, s.heads, s.num_levels(), s.points, 2},
+                  loc_dtype < 0 ? dtype : static_cast<msdaDataType>(loc_dtype), l.locations),
         weights({s.batch, s.queries, s.heads, s.num_levels(), s.points}, dtype, l.weights),
         output({s.batch, s.queries, s.heads * s.dims}, dtype, l.output),
         grad_output({s.batch, s.queries, s.heads * s.dims}, dtype, l.grad_output),
         grad_value({s.batch, s.keys(), s.heads, s.dims}, dtype, l.grad_value),
-        grad_locations({s.batch, s.queries, s.heads, s.num_levels(), s.points, 2}, dtype,
-                       l.grad_locations),
+        grad_locations({s.batch, s.queries, s.heads, s.num_levels(), s.points, 2},
+                       locations.dtype(), l.grad_locations),
         grad_weights({s.batch, s.queries, s.heads, s.num_levels(), s.points}, dtype,
                      l.grad_weights) {
     std::mt19937_64 rng(19);
@@ -219,6 +222,22 @@ INSTANTIATE_TEST_SUITE_P(
              DtypeName(std::get<1>(info.param)) +
              (std::get<2>(info.param) ? "_strided" : "_contiguous");
     });
+
+// Half values with fp32 locations, which msda and the spec both accept.
+TEST(AclnnMatchesMsdaMixed, HalfValuesWithFloatLocations) {
+  for (msdaDataType dtype : {MSDA_FLOAT16, MSDA_BFLOAT16}) {
+    const Shape shape;
+    const Layouts layouts = StridedLayouts(shape.num_levels());
+    Call direct(shape, dtype, MSDA_INT32, layouts, MSDA_FLOAT32);
+    Call through_aclnn(shape, dtype, MSDA_INT32, layouts, MSDA_FLOAT32);
+    RunMsda(direct);
+    RunAclnn(through_aclnn);
+    EXPECT_EQ(through_aclnn.output.AllBytes(), direct.output.AllBytes()) << DtypeName(dtype);
+    EXPECT_EQ(through_aclnn.grad_value.AllBytes(), direct.grad_value.AllBytes());
+    EXPECT_EQ(through_aclnn.grad_locations.AllBytes(), direct.grad_locations.AllBytes());
+    EXPECT_EQ(through_aclnn.grad_weights.AllBytes(), direct.grad_weights.AllBytes());
+  }
+}
 
 // A refused planning call: the status, *workspaceSize 0, *executor NULL, no output written.
 class AclnnRefusals : public ::testing::Test {
