@@ -1,6 +1,7 @@
 // The four operator entry points of the msda_v2 spec, on msda's public API: the aclnn layer
-// checks only what msda has no notion of (NULL tensors msda would take as "skip", formats,
-// dtypes outside msda's six), then hands every other rule to msda and maps its status.
+// checks what msda has no notion of (required gradients msda would skip when NULL, formats,
+// dtypes outside msda's six; NULL checks come first, worded as msda's), then hands every other
+// rule to msda and maps its status.
 #include <msda/msda.h>
 
 #include <initializer_list>
