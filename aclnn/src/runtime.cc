@@ -27,6 +27,16 @@ struct Stream {
 // at least what device allocators give.
 constexpr size_t kAlignment = 64;
 
+// A C caller may pass any int for an enum; such a value is no valid C++ enum value, so it is
+// read as the int it is rather than loaded as the enum.
+template <typename Enum>
+int RawValue(const Enum& value) {
+  static_assert(sizeof(Enum) == sizeof(int), "the ABI passes these enums as int");
+  int raw;
+  std::memcpy(&raw, &value, sizeof raw);
+  return raw;
+}
+
 aclError Refuse(aclError error, std::string message) {
   SetRecentError(std::move(message));
   return error;
@@ -125,10 +135,10 @@ aclError aclrtSynchronizeStream(aclrtStream /*stream*/) {
 }
 
 aclError aclrtMalloc(void** devPtr, size_t size, aclrtMemMallocPolicy policy) {
-  if (policy < ACL_MEM_MALLOC_HUGE_FIRST || policy > ACL_MEM_MALLOC_NORMAL_ONLY_P2P) {
+  const int raw_policy = msda_aclnn::RawValue(policy);
+  if (raw_policy < ACL_MEM_MALLOC_HUGE_FIRST || raw_policy > ACL_MEM_MALLOC_NORMAL_ONLY_P2P) {
     return msda_aclnn::Refuse(ACL_ERROR_INVALID_PARAM,
-                              "aclrtMalloc: unknown policy " +
-                                  std::to_string(static_cast<int>(policy)));
+                              "aclrtMalloc: unknown policy " + std::to_string(raw_policy));
   }
   return msda_aclnn::Allocate("aclrtMalloc", devPtr, size);
 }
@@ -144,9 +154,9 @@ aclError aclrtFreeHost(void* hostPtr) { return msda_aclnn::Free("aclrtFreeHost",
 aclError aclrtMemcpy(void* dst, size_t destMax, const void* src, size_t count,
                      aclrtMemcpyKind kind) {
   using msda_aclnn::Refuse;
-  if (kind < ACL_MEMCPY_HOST_TO_HOST || kind > ACL_MEMCPY_DEVICE_TO_DEVICE) {
-    return Refuse(ACL_ERROR_INVALID_PARAM,
-                  "aclrtMemcpy: unknown kind " + std::to_string(static_cast<int>(kind)));
+  const int raw_kind = msda_aclnn::RawValue(kind);
+  if (raw_kind < ACL_MEMCPY_HOST_TO_HOST || raw_kind > ACL_MEMCPY_DEVICE_TO_DEVICE) {
+    return Refuse(ACL_ERROR_INVALID_PARAM, "aclrtMemcpy: unknown kind " + std::to_string(raw_kind));
   }
   if (count > destMax) {
     return Refuse(ACL_ERROR_INVALID_PARAM, "aclrtMemcpy: count " + std::to_string(count) +
