@@ -23,9 +23,17 @@ if(CONSUMER_SANITIZE)
   list(APPEND extra "-DCMAKE_C_FLAGS=-fsanitize=${CONSUMER_SANITIZE}"
        "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=${CONSUMER_SANITIZE} -fsanitize-link-c++-runtime -lstdc++")
 endif()
+if(CONSUMER_WITH_ACLNN)
+  list(APPEND extra -DCONSUMER_WITH_ACLNN=ON)
+endif()
 run(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/build
     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release ${extra})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build ${config_args})
 find_program(consumer consumer PATHS ${WORK_DIR}/build ${WORK_DIR}/build/${BUILD_CONFIG}
              NO_DEFAULT_PATH REQUIRED)
 run(${consumer})
+if(CONSUMER_WITH_ACLNN)
+  find_program(aclnn_consumer aclnn_consumer
+               PATHS ${WORK_DIR}/build ${WORK_DIR}/build/${BUILD_CONFIG} NO_DEFAULT_PATH REQUIRED)
+  run(${aclnn_consumer})
+endif()
