@@ -1,12 +1,11 @@
-// The C entry points: validate -> plan -> executor at GetWorkspaceSize; check -> run at the
-// run call. Everything device-specific sits behind RunForward / RunBackward (src/cpu/).
+// The operator's C entry points: validate -> plan -> executor at GetWorkspaceSize; check -> run
+// at the run call. Everything device-specific sits behind RunForward / RunBackward (src/cpu/).
+// Tensor creation is in tensor.cc, the executor registry in executor.cc, errors in error.cc.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <new>
 #include <string>
-#include <unordered_set>
 
 #include "cpu/kernels.h"
 #include "cpu/simd.h"
@@ -14,7 +13,6 @@
 #include "executor.h"
 #include "msda/msda.h"
 #include "plan.h"
-#include "tensor.h"
 #include "threads.h"
 #include "validate.h"
 
@@ -38,16 +36,7 @@ msda::Machine ThisMachine() {
   return msda::Machine{msda::ResolveNumThreads(), prefetch, head_major, by_head};
 }
 
-thread_local std::string tls_error;
 
-std::mutex& RegistryMutex() {
-  static std::mutex* mutex = new std::mutex();
-  return *mutex;
-}
-std::unordered_set<const msdaExecutor*>& Registry() {
-  static auto* registry = new std::unordered_set<const msdaExecutor*>();
-  return *registry;
-}
 
 // The caller's workspace may have any alignment (the header promises nothing), while the
 // kernels want 64-byte aligned scratch: callers are asked for kWorkspaceAlignment - 1 bytes
@@ -129,29 +118,7 @@ msdaStatus RunAndRelease(void* workspace, uint64_t workspace_size, msdaExecutor*
 
 }  // namespace
 
-msdaStatus Refuse(msdaStatus status, std::string message) {
-  tls_error = std::move(message);
-  return status;
-}
-void ClearError() { tls_error.clear(); }
-const char* LastErrorMessage() { return tls_error.c_str(); }
 
-void RegisterExecutor(msdaExecutor* executor) {
-  std::lock_guard<std::mutex> lock(RegistryMutex());
-  Registry().insert(executor);
-}
-bool IsLiveExecutor(const msdaExecutor* executor) {
-  std::lock_guard<std::mutex> lock(RegistryMutex());
-  return Registry().count(executor) > 0;
-}
-bool ReleaseExecutor(msdaExecutor* executor) {
-  {
-    std::lock_guard<std::mutex> lock(RegistryMutex());
-    if (Registry().erase(executor) == 0) return false;
-  }
-  delete executor;
-  return true;
-}
 
 }  // namespace msda
 
@@ -161,83 +128,6 @@ extern "C" {
 
 int32_t msdaGetVersion(void) { return MSDA_VERSION; }
 
-msdaTensor* msdaCreateTensor(const int64_t* dims, uint64_t ndim, msdaDataType dtype,
-                             const int64_t* strides, int64_t offset, msdaDeviceType device,
-                             int32_t deviceId, void* data) {
-  msda::ClearError();
-  if (ndim > static_cast<uint64_t>(msda::kMaxRank)) {
-    Refuse(MSDA_ERROR_INVALID_RANK, "tensor: ndim " + std::to_string(ndim) +
-                                        " is more than the supported " +
-                                        std::to_string(msda::kMaxRank));
-    return nullptr;
-  }
-  if (ndim > 0 && dims == nullptr) {
-    Refuse(MSDA_ERROR_NULL_POINTER, "tensor: dims is NULL but ndim > 0");
-    return nullptr;
-  }
-  // A C caller can pass any integer for an enum. Reading such a value as the C++ enum type is
-  // undefined, so the raw integers are checked before the enums are used.
-  int32_t raw_dtype, raw_device;
-  static_assert(sizeof(dtype) == sizeof(raw_dtype) && sizeof(device) == sizeof(raw_device),
-                "C enums are int-sized");
-  std::memcpy(&raw_dtype, &dtype, sizeof raw_dtype);
-  std::memcpy(&raw_device, &device, sizeof raw_device);
-  if (raw_dtype < MSDA_FLOAT32 || raw_dtype > MSDA_INT64) {
-    Refuse(MSDA_ERROR_INVALID_DTYPE, "tensor: unknown dtype " + std::to_string(raw_dtype));
-    return nullptr;
-  }
-  if (raw_device != MSDA_DEVICE_CPU && raw_device != MSDA_DEVICE_CUDA) {
-    Refuse(MSDA_ERROR_INVALID_DEVICE, "tensor: unknown device " + std::to_string(raw_device));
-    return nullptr;
-  }
-  if (offset < 0) {
-    Refuse(MSDA_ERROR_INVALID_LAYOUT, "tensor: offset must be >= 0, got " + std::to_string(offset));
-    return nullptr;
-  }
-  for (uint64_t i = 0; i < ndim; ++i) {
-    if (dims[i] < 0) {
-      Refuse(MSDA_ERROR_INVALID_LAYOUT,
-             "tensor: dim " + std::to_string(i) + " must be >= 0, got " + std::to_string(dims[i]));
-      return nullptr;
-    }
-    if (strides != nullptr && strides[i] < 0) {
-      Refuse(MSDA_ERROR_INVALID_LAYOUT, "tensor: stride " + std::to_string(i) +
-                                            " must be >= 0, got " + std::to_string(strides[i]));
-      return nullptr;
-    }
-  }
-  msdaTensor* t = new (std::nothrow) msdaTensor();
-  if (t == nullptr) {
-    Refuse(MSDA_ERROR_OUT_OF_MEMORY, "tensor: out of host memory");
-    return nullptr;
-  }
-  t->dims.assign(dims, dims + ndim);
-  t->strides.resize(ndim);
-  if (strides != nullptr) {
-    t->strides.assign(strides, strides + ndim);
-  } else {
-    // Contiguous row-major; saturate rather than overflow, validation reports the size.
-    int64_t stride = 1;
-    for (uint64_t i = ndim; i-- > 0;) {
-      t->strides[i] = stride;
-      if (__builtin_mul_overflow(stride, std::max<int64_t>(dims[i], 1), &stride)) {
-        stride = INT64_MAX;
-      }
-    }
-  }
-  t->offset = offset;
-  t->dtype = dtype;
-  t->device = device;
-  t->device_id = deviceId;
-  t->data = data;
-  return t;
-}
-
-msdaStatus msdaDestroyTensor(msdaTensor* tensor) {
-  msda::ClearError();
-  delete tensor;
-  return MSDA_SUCCESS;
-}
 
 msdaStatus msdaForwardGetWorkspaceSize(const msdaTensor* value, const msdaTensor* spatialShapes,
                                        const msdaTensor* levelStartIndex,
@@ -322,25 +212,6 @@ msdaStatus msdaBackward(void* workspace, uint64_t workspaceSize, msdaExecutor* e
       [](const msdaExecutor& e, void* ws) { msda::cpu::RunBackward(e, ws); });
 }
 
-msdaStatus msdaSetExecutorRepeatable(msdaExecutor* executor) {
-  msda::ClearError();
-  if (!msda::IsLiveExecutor(executor)) {
-    return Refuse(MSDA_ERROR_INVALID_EXECUTOR, "executor: NULL or not a live executor");
-  }
-  executor->repeatable = true;
-  return MSDA_SUCCESS;
-}
-
-msdaStatus msdaDestroyExecutor(msdaExecutor* executor) {
-  msda::ClearError();
-  if (executor == nullptr) return MSDA_SUCCESS;
-  if (!msda::ReleaseExecutor(executor)) {
-    return Refuse(MSDA_ERROR_INVALID_EXECUTOR,
-                  "executor: not a live executor (already released or destroyed)");
-  }
-  return MSDA_SUCCESS;
-}
-
 msdaStatus msdaSetNumThreads(int32_t numThreads) {
   msda::ClearError();
   if (numThreads < 0) {
@@ -353,67 +224,6 @@ msdaStatus msdaSetNumThreads(int32_t numThreads) {
 
 int32_t msdaGetNumThreads(void) { return msda::ResolveNumThreads(); }
 
-int64_t msdaExecutorDescribe(const msdaExecutor* executor, char* buffer, uint64_t bufferSize) {
-  if (!msda::IsLiveExecutor(executor)) return -1;
-  std::string text = msda::DescribePlan(executor->problem, executor->plan);
-  std::string targets;
-  for (const std::string& t : msda::cpu::AvailableTargets())
-    targets += (targets.empty() ? "" : " ") + t;
-  text +=
-      "simd target: " + std::string(msda::cpu::ActiveTarget()) + " (available: " + targets + ")\n";
-  if (buffer != nullptr && bufferSize > 0) {
-    const size_t n = std::min<size_t>(text.size(), bufferSize - 1);
-    std::memcpy(buffer, text.data(), n);
-    buffer[n] = '\0';
-  }
-  return static_cast<int64_t>(text.size());
-}
 
-const char* msdaGetLastErrorMessage(void) { return msda::LastErrorMessage(); }
-
-int64_t msdaDataTypeSize(msdaDataType dtype) {
-  // Any integer may arrive from C; check it as an integer (see msdaCreateTensor).
-  int32_t raw;
-  static_assert(sizeof(dtype) == sizeof(raw), "C enums are int-sized");
-  std::memcpy(&raw, &dtype, sizeof raw);
-  if (raw < MSDA_FLOAT32 || raw > MSDA_INT64) return 0;
-  return msda::ElementSize(dtype);
-}
-
-const char* msdaStatusString(msdaStatus status) {
-  // Any integer may arrive from C; switch on it as an integer (see msdaCreateTensor).
-  int32_t raw;
-  static_assert(sizeof(status) == sizeof(raw), "C enums are int-sized");
-  std::memcpy(&raw, &status, sizeof raw);
-  switch (raw) {
-    case MSDA_SUCCESS:
-      return "MSDA_SUCCESS";
-    case MSDA_ERROR_NULL_POINTER:
-      return "MSDA_ERROR_NULL_POINTER";
-    case MSDA_ERROR_INVALID_RANK:
-      return "MSDA_ERROR_INVALID_RANK";
-    case MSDA_ERROR_SHAPE_MISMATCH:
-      return "MSDA_ERROR_SHAPE_MISMATCH";
-    case MSDA_ERROR_INVALID_DTYPE:
-      return "MSDA_ERROR_INVALID_DTYPE";
-    case MSDA_ERROR_INVALID_DEVICE:
-      return "MSDA_ERROR_INVALID_DEVICE";
-    case MSDA_ERROR_INVALID_LAYOUT:
-      return "MSDA_ERROR_INVALID_LAYOUT";
-    case MSDA_ERROR_INVALID_VALUE:
-      return "MSDA_ERROR_INVALID_VALUE";
-    case MSDA_ERROR_LIMIT_EXCEEDED:
-      return "MSDA_ERROR_LIMIT_EXCEEDED";
-    case MSDA_ERROR_WORKSPACE_TOO_SMALL:
-      return "MSDA_ERROR_WORKSPACE_TOO_SMALL";
-    case MSDA_ERROR_INVALID_EXECUTOR:
-      return "MSDA_ERROR_INVALID_EXECUTOR";
-    case MSDA_ERROR_OUT_OF_MEMORY:
-      return "MSDA_ERROR_OUT_OF_MEMORY";
-    case MSDA_ERROR_INTERNAL:
-      return "MSDA_ERROR_INTERNAL";
-  }
-  return "MSDA_ERROR_UNKNOWN";
-}
 
 }  // extern "C"

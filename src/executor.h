@@ -5,7 +5,7 @@
 
 #include "params.h"
 #include "plan.h"
-#include "shape.h"
+#include "problem.h"
 
 struct msdaExecutor {
   msda::Problem problem;

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "shape.h"
+#include "problem.h"
 
 namespace msda {
 

@@ -1,8 +1,14 @@
+// msdaTensor: creation (the C entry points) and the layout arithmetic validation uses.
 #include "tensor.h"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
+#include <new>
 #include <numeric>
+#include <string>
+
+#include "error.h"
 
 namespace msda {
 namespace {
@@ -99,3 +105,97 @@ bool SelfOverlaps(const msdaTensor& t) {
 }
 
 }  // namespace msda
+
+using msda::Refuse;
+
+extern "C" {
+
+msdaTensor* msdaCreateTensor(const int64_t* dims, uint64_t ndim, msdaDataType dtype,
+                             const int64_t* strides, int64_t offset, msdaDeviceType device,
+                             int32_t deviceId, void* data) {
+  msda::ClearError();
+  if (ndim > static_cast<uint64_t>(msda::kMaxRank)) {
+    Refuse(MSDA_ERROR_INVALID_RANK, "tensor: ndim " + std::to_string(ndim) +
+                                        " is more than the supported " +
+                                        std::to_string(msda::kMaxRank));
+    return nullptr;
+  }
+  if (ndim > 0 && dims == nullptr) {
+    Refuse(MSDA_ERROR_NULL_POINTER, "tensor: dims is NULL but ndim > 0");
+    return nullptr;
+  }
+  // A C caller can pass any integer for an enum. Reading such a value as the C++ enum type is
+  // undefined, so the raw integers are checked before the enums are used.
+  int32_t raw_dtype, raw_device;
+  static_assert(sizeof(dtype) == sizeof(raw_dtype) && sizeof(device) == sizeof(raw_device),
+                "C enums are int-sized");
+  std::memcpy(&raw_dtype, &dtype, sizeof raw_dtype);
+  std::memcpy(&raw_device, &device, sizeof raw_device);
+  if (raw_dtype < MSDA_FLOAT32 || raw_dtype > MSDA_INT64) {
+    Refuse(MSDA_ERROR_INVALID_DTYPE, "tensor: unknown dtype " + std::to_string(raw_dtype));
+    return nullptr;
+  }
+  if (raw_device != MSDA_DEVICE_CPU && raw_device != MSDA_DEVICE_CUDA) {
+    Refuse(MSDA_ERROR_INVALID_DEVICE, "tensor: unknown device " + std::to_string(raw_device));
+    return nullptr;
+  }
+  if (offset < 0) {
+    Refuse(MSDA_ERROR_INVALID_LAYOUT, "tensor: offset must be >= 0, got " + std::to_string(offset));
+    return nullptr;
+  }
+  for (uint64_t i = 0; i < ndim; ++i) {
+    if (dims[i] < 0) {
+      Refuse(MSDA_ERROR_INVALID_LAYOUT,
+             "tensor: dim " + std::to_string(i) + " must be >= 0, got " + std::to_string(dims[i]));
+      return nullptr;
+    }
+    if (strides != nullptr && strides[i] < 0) {
+      Refuse(MSDA_ERROR_INVALID_LAYOUT, "tensor: stride " + std::to_string(i) +
+                                            " must be >= 0, got " + std::to_string(strides[i]));
+      return nullptr;
+    }
+  }
+  msdaTensor* t = new (std::nothrow) msdaTensor();
+  if (t == nullptr) {
+    Refuse(MSDA_ERROR_OUT_OF_MEMORY, "tensor: out of host memory");
+    return nullptr;
+  }
+  t->dims.assign(dims, dims + ndim);
+  t->strides.resize(ndim);
+  if (strides != nullptr) {
+    t->strides.assign(strides, strides + ndim);
+  } else {
+    // Contiguous row-major; saturate rather than overflow, validation reports the size.
+    int64_t stride = 1;
+    for (uint64_t i = ndim; i-- > 0;) {
+      t->strides[i] = stride;
+      if (__builtin_mul_overflow(stride, std::max<int64_t>(dims[i], 1), &stride)) {
+        stride = INT64_MAX;
+      }
+    }
+  }
+  t->offset = offset;
+  t->dtype = dtype;
+  t->device = device;
+  t->device_id = deviceId;
+  t->data = data;
+  return t;
+}
+
+msdaStatus msdaDestroyTensor(msdaTensor* tensor) {
+  msda::ClearError();
+  delete tensor;
+  return MSDA_SUCCESS;
+}
+
+int64_t msdaDataTypeSize(msdaDataType dtype) {
+  // Any integer may arrive from C; check it as an integer (see msdaCreateTensor).
+  int32_t raw;
+  static_assert(sizeof(dtype) == sizeof(raw), "C enums are int-sized");
+  std::memcpy(&raw, &dtype, sizeof raw);
+  if (raw < MSDA_FLOAT32 || raw > MSDA_INT64) return 0;
+  return msda::ElementSize(dtype);
+}
+
+
+}  // extern "C"

@@ -7,7 +7,7 @@
 #include "msda/msda.h"
 #include "params.h"
 #include "plan.h"
-#include "shape.h"
+#include "problem.h"
 
 namespace msda {
 

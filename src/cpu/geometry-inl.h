@@ -16,7 +16,7 @@
 
 #include "hwy/highway.h"
 #include "params.h"
-#include "shape.h"
+#include "problem.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace msda {

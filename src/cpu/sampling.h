@@ -8,7 +8,7 @@
 
 #include "cpu/numeric.h"
 #include "msda/msda.h"
-#include "shape.h"
+#include "problem.h"
 
 namespace msda {
 namespace cpu {

@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "params.h"
-#include "shape.h"
+#include "problem.h"
 #include "threads.h"
 
 namespace msda {

@@ -1,6 +1,6 @@
 // The problem one call solves: sizes, the level table and dtypes, independent of pointers.
-#ifndef MSDA_SRC_SHAPE_H_
-#define MSDA_SRC_SHAPE_H_
+#ifndef MSDA_SRC_PROBLEM_H_
+#define MSDA_SRC_PROBLEM_H_
 
 #include <cstdint>
 #include <vector>
@@ -31,4 +31,4 @@ struct Problem {
 
 }  // namespace msda
 
-#endif  // MSDA_SRC_SHAPE_H_
+#endif  // MSDA_SRC_PROBLEM_H_
