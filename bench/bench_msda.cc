@@ -315,7 +315,7 @@ int main(int argc, char** argv) {
   int all_threads = static_cast<int>(std::thread::hardware_concurrency());
   std::string only, markdown;
   bool uniform_locations = false;
-  bool vs_scalar = false, vs_no_prefetch = false, vs_sort = false, child_times = false;
+  bool vs_scalar = false, vs_sort = false, child_times = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -331,8 +331,6 @@ int main(int argc, char** argv) {
       uniform_locations = true;
     else if (arg == "--vs-scalar")
       vs_scalar = true;
-    else if (arg == "--vs-no-prefetch")
-      vs_no_prefetch = true;
     else if (arg == "--vs-counting-sort")
       vs_sort = true;
     else if (arg == "--hot-value")
@@ -344,7 +342,7 @@ int main(int argc, char** argv) {
     else {
       std::printf(
           "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n"
-          "          [--vs-scalar] [--vs-no-prefetch] [--vs-counting-sort] [--hot-value]\n"
+          "          [--vs-scalar] [--vs-counting-sort] [--hot-value]\n"
           "          [--misalign BYTES]\n",
           argv[0]);
       return arg == "--help" ? 0 : 2;
@@ -380,18 +378,18 @@ int main(int argc, char** argv) {
 
   std::string table =
       "| shape | pass | threads | median ms | GB/s | GFLOP/s | roofline ms | x roofline | "
-      "speedup vs 1 thread | workspace MiB | scalar ms | SIMD speedup | no-prefetch ms | "
-      "prefetch speedup | counting-sort ms | by-head speedup |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+      "speedup vs 1 thread | workspace MiB | scalar ms | SIMD speedup | counting-sort ms | "
+      "by-head speedup |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Shape& shape : shapes) {
     if (!only.empty() && only.find("," + shape.name + ",") == std::string::npos) continue;
     Case c = MakeCase(shape, uniform_locations);
     const Timing one = TimeCase(c, 1, repeats);
     const Timing all = TimeCase(c, all_threads, repeats);
-    // The same shape on the scalar target, and without software prefetch, each in a child
+    // The same shape on the scalar target, and with the counting sort only, each in a child
     // process (both are chosen once per process), right after these timings.
     // Each: 1-thread fwd, bwd; all-thread fwd, bwd.
-    double scalar[4] = {0, 0, 0, 0}, no_prefetch[4] = {0, 0, 0, 0}, sort[4] = {0, 0, 0, 0};
+    double scalar[4] = {0, 0, 0, 0}, sort[4] = {0, 0, 0, 0};
     auto child_times = [&](const char* env, double* out) {
       const std::string command =
           std::string(env) + " '" + std::string(argv[0]) + "' --child-times --shapes " +
@@ -408,7 +406,6 @@ int main(int argc, char** argv) {
       }
     };
     if (vs_scalar) child_times("MSDA_SIMD_TARGET=SCALAR", scalar);
-    if (vs_no_prefetch) child_times("MSDA_PREFETCH=0", no_prefetch);
     // The backward with its counting sort only (the forward has no by-head mode).
     if (vs_sort) child_times("MSDA_BY_HEAD=0", sort);
     for (int pass = 0; pass < 2; ++pass) {
@@ -431,9 +428,8 @@ int main(int argc, char** argv) {
             std::snprintf(buf, size, "| - | - ");
           }
         };
-        char scalar_cells[64], prefetch_cells[64], sort_cells[64];
+        char scalar_cells[64], sort_cells[64];
         cells(scalar, scalar_cells, sizeof(scalar_cells));
-        cells(no_prefetch, prefetch_cells, sizeof(prefetch_cells));
         if (pass == 1) {
           cells(sort, sort_cells, sizeof(sort_cells));
         } else {
@@ -441,11 +437,10 @@ int main(int argc, char** argv) {
         }
         char row[640];
         std::snprintf(row, sizeof(row),
-                      "| %s | %s | %d | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f %s%s%s|\n",
+                      "| %s | %s | %d | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f %s%s|\n",
                       shape.name.c_str(), pass == 0 ? "forward" : "backward", threads,
                       seconds * 1e3, bytes / seconds / 1e9, flops / seconds / 1e9, roofline * 1e3,
-                      seconds / roofline, speedup, ws / 1048576.0, scalar_cells, prefetch_cells,
-                      sort_cells);
+                      seconds / roofline, speedup, ws / 1048576.0, scalar_cells, sort_cells);
         table += row;
       }
     }

@@ -13,6 +13,7 @@
 #include "executor.h"
 #include "msda/msda.h"
 #include "plan.h"
+#include "testing.h"
 #include "threads.h"
 #include "validate.h"
 
@@ -25,18 +26,20 @@ bool SwitchOn(const char* name) {
   return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
-// The planner's view of the machine: the thread count for this call, and three switches
-// read once, for measuring what a technique buys: MSDA_PREFETCH=0 turns the kernels' software
-// prefetch off, MSDA_HEAD_MAJOR=0 the head-major value copies, MSDA_BY_HEAD=0 the backward's
-// by-head mode (leaving the counting sort).
+// The planner's view of the machine: the thread count for this call and the planner options,
+// by default those of the benchmark switches (MSDA_HEAD_MAJOR=0: no head-major value copies;
+// MSDA_BY_HEAD=0: the backward's counting sort only), read once, unless a test has set them.
 msda::Machine ThisMachine() {
-  static const bool prefetch = SwitchOn("MSDA_PREFETCH");
-  static const bool head_major = SwitchOn("MSDA_HEAD_MAJOR");
-  static const bool by_head = SwitchOn("MSDA_BY_HEAD");
-  return msda::Machine{msda::ResolveNumThreads(), prefetch, head_major, by_head};
+  static const PlannerOptions from_env = [] {
+    PlannerOptions o;
+    o.head_major_copy = SwitchOn("MSDA_HEAD_MAJOR");
+    if (!SwitchOn("MSDA_BY_HEAD")) o.backward = BackwardStrategy::kCountingSort;
+    return o;
+  }();
+  PlannerOptions options = from_env;
+  TestPlannerOptions(&options);
+  return msda::Machine{msda::ResolveNumThreads(), options};
 }
-
-
 
 // The caller's workspace may have any alignment (the header promises nothing), while the
 // kernels want 64-byte aligned scratch: callers are asked for kWorkspaceAlignment - 1 bytes
@@ -152,7 +155,7 @@ msdaStatus msdaForwardGetWorkspaceSize(const msdaTensor* value, const msdaTensor
     msdaStatus status = msda::ValidateForward(call, &problem, &params);
     if (status != MSDA_SUCCESS) return status;
     msda::Plan plan;
-    if (!msda::MakeForwardPlan(problem, msda::ThisMachine(), &plan)) {
+    if (!msda::MakeForwardPlan(problem, params, msda::ThisMachine(), &plan)) {
       return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: a size the plan needs overflows int64");
     }
     return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);
@@ -195,7 +198,7 @@ msdaStatus msdaBackwardGetWorkspaceSize(
     msdaStatus status = msda::ValidateBackward(call, &problem, &params, &grads);
     if (status != MSDA_SUCCESS) return status;
     msda::Plan plan;
-    if (!msda::MakeBackwardPlan(problem, msda::ThisMachine(), grads, &plan)) {
+    if (!msda::MakeBackwardPlan(problem, params, msda::ThisMachine(), grads, &plan)) {
       return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: a size the plan needs overflows int64");
     }
     return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);

@@ -113,6 +113,7 @@ bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
 // head-major rule (decoder: no measurable gain from copying 20197 keys per head for 900
 // queries, and half the buffer without).
 bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
+  const bool forced = machine.options.backward == BackwardStrategy::kByHead;
   BackwardPlan& b = plan->backward;
   const int threads = std::max(1, machine.num_threads);
   int64_t tasks = 0, head_rows = 0;
@@ -121,7 +122,7 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
       head_rows > (kWorkspaceBudgetBytes >> 3)) {
     return false;
   }
-  const bool copy = machine.head_major && p.heads > 1 && ManyCornersPerKey(p);
+  const bool copy = machine.options.head_major_copy && p.heads > 1 && ManyCornersPerKey(p);
   // dims <= head_rows < 2^23: no overflow below. Rows 8-byte aligned for fp64 accumulators.
   const int64_t row_bytes =
       CeilDiv(p.dims * (plan->acc_bytes + (copy ? ElementSize(p.value_dtype) : 0)), 8) * 8;
@@ -134,7 +135,8 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
   if (workers < 1 || scratch_bytes > (1 << 20)) return false;
   const int64_t rounds = CeilDiv(tasks, workers);
   int64_t busy = 0, wanted = 0;
-  if (!Product({2, rounds, threads}, &busy) || !Product({3, tasks}, &wanted) || busy > wanted) {
+  if (!Product({2, rounds, threads}, &busy) || !Product({3, tasks}, &wanted) ||
+      (busy > wanted && !forced)) {
     return false;
   }
 
@@ -152,7 +154,71 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
   return true;
 }
 
+// The layout and sizes the SIMD geometry pass needs (see Plan::simd_geometry), not counting
+// the forward's attention weights.
+bool SimdGeometryApplies(const Problem& p, const Strides& st) {
+  if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
+  if (st.loc_stride[5] != 1 || st.loc_stride[4] != 2 || st.loc_stride[3] != 2 * p.points) {
+    return false;
+  }
+  if (p.keys >= (int64_t{1} << 31) - 1) return false;
+  for (const Level& level : p.levels) {
+    if (level.height >= (1 << 24) || level.width >= (1 << 24)) return false;
+  }
+  return true;
+}
+
+// Plan::point_levels for a problem with batch items and queries (so with a bounded point
+// count: loc has batch * queries * heads * levels * points elements).
+void FillPointLevels(const Problem& p, PointLevels* lv) {
+  const size_t padded = static_cast<size_t>(CeilDiv(p.num_levels() * p.points, 64) * 64);
+  for (auto* v : {&lv->width, &lv->height}) v->assign(padded, 1.0f);
+  for (auto* v : {&lv->width_i, &lv->height_i}) v->assign(padded, 1);
+  lv->start_i.assign(padded, 0);
+  size_t i = 0;
+  for (const Level& level : p.levels) {
+    for (int64_t pt = 0; pt < p.points; ++pt, ++i) {
+      lv->width[i] = static_cast<float>(level.width);
+      lv->height[i] = static_cast<float>(level.height);
+      lv->width_i[i] = static_cast<int32_t>(level.width);
+      lv->height_i[i] = static_cast<int32_t>(level.height);
+      lv->start_i[i] = static_cast<int32_t>(level.start);
+    }
+  }
+}
+
+// Sets the plan's geometry path (simd_geometry, point_levels) for a call that samples
+// (batch and queries > 0); the forward also wants the attention weights flat.
+void PlanGeometry(const Problem& p, const Strides& st, bool attn_flat, Plan* plan) {
+  plan->simd_geometry =
+      p.batch > 0 && p.queries > 0 && attn_flat && SimdGeometryApplies(p, st);
+  if (plan->simd_geometry) FillPointLevels(p, &plan->point_levels);
+}
+
+void RowMajor(const std::vector<int64_t>& dims, int64_t* strides) {
+  int64_t stride = 1;
+  for (size_t i = dims.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= dims[i];
+  }
+}
+
 }  // namespace
+
+Strides ContiguousStrides(const Problem& p) {
+  const int64_t B = p.batch, K = p.keys, H = p.heads, D = p.dims, Q = p.queries,
+                L = p.num_levels(), P = p.points;
+  Strides st;
+  RowMajor({B, K, H, D}, st.value_stride);
+  RowMajor({B, Q, H, L, P, 2}, st.loc_stride);
+  RowMajor({B, Q, H, L, P}, st.attn_stride);
+  RowMajor({B, Q, H * D}, st.out_stride);
+  RowMajor({B, Q, H * D}, st.grad_out_stride);
+  RowMajor({B, K, H, D}, st.grad_value_stride);
+  RowMajor({B, Q, H, L, P, 2}, st.grad_loc_stride);
+  RowMajor({B, Q, H, L, P}, st.grad_attn_stride);
+  return st;
+}
 
 int64_t BackwardEntryBytes(int64_t acc_bytes) {
   // int32 row within the key block, int32 query within the pass, and two coefficients (a
@@ -160,11 +226,12 @@ int64_t BackwardEntryBytes(int64_t acc_bytes) {
   return acc_bytes == 8 ? 24 : 16;
 }
 
-bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
+bool MakeForwardPlan(const Problem& p, const Strides& st, const Machine& machine, Plan* plan) {
   *plan = Plan();
   plan->direction = Direction::kForward;
-  plan->prefetch = machine.prefetch;
   plan->acc_bytes = AccBytes(p);
+  plan->flat_rows = st.out_stride[2] == 1;
+  PlanGeometry(p, st, st.attn_stride[4] == 1 && st.attn_stride[3] == p.points, plan);
   const int threads = std::max(1, machine.num_threads);
   // No batch item: nothing is read or written, so no tiles, scratch or workspace (with every
   // tensor empty, no tensor size bounds the other dims).
@@ -179,7 +246,7 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
     return false;
   }
   int64_t value_bytes = 0;
-  f.head_major = machine.head_major && WantsHeadMajorCopy(p, &value_bytes);
+  f.head_major = machine.options.head_major_copy && WantsHeadMajorCopy(p, &value_bytes);
   if (f.head_major) {
     // One head per tile over a long run of queries: the band of the copy that a run of
     // queries samples is then one head's (about 0.5 MiB on the encoder, within L2) instead of
@@ -218,16 +285,26 @@ bool MakeForwardPlan(const Problem& p, const Machine& machine, Plan* plan) {
   return true;
 }
 
-bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSet& grads,
-                      Plan* plan) {
+bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machine,
+                      const GradientSet& grads, Plan* plan) {
   *plan = Plan();
   plan->direction = Direction::kBackward;
-  plan->prefetch = machine.prefetch;
   plan->acc_bytes = AccBytes(p);
   const int threads = std::max(1, machine.num_threads);
   BackwardPlan& b = plan->backward;
   b.grads = grads;
   b.entry_bytes = BackwardEntryBytes(plan->acc_bytes);
+  plan->flat_rows = st.grad_out_stride[2] == 1;
+  PlanGeometry(p, st, true, plan);
+  const int64_t* gv = st.grad_value_stride;
+  b.grad_value_in_place = grads.value &&
+                          (p.value_dtype == MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) &&
+                          gv[3] == 1 && (p.heads == 1 || gv[1] == p.heads * gv[2]);
+  const int64_t *ga = st.grad_attn_stride, *gl = st.grad_loc_stride;
+  b.flat_point_grads =
+      p.value_dtype == MSDA_FLOAT32 && p.loc_dtype == MSDA_FLOAT32 &&
+      (!grads.weights || (ga[4] == 1 && ga[3] == p.points)) &&
+      (!grads.locations || (gl[5] == 1 && gl[4] == 2 && gl[3] == 2 * p.points));
   // No batch item: no gradient element to write (see MakeForwardPlan).
   if (p.batch == 0) return true;
 
@@ -269,7 +346,10 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
   b.num_key_blocks = CeilDiv(p.keys, b.key_block_rows);
 
   if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
-  if (grads.value && machine.by_head && MakeByHeadPlan(p, machine, plan)) return true;
+  if (grads.value && machine.options.backward != BackwardStrategy::kCountingSort &&
+      MakeByHeadPlan(p, machine, plan)) {
+    return true;
+  }
   int64_t parallel_tasks = 0;
   if (grads.value) {
     parallel_tasks = std::max(b.chunks_per_pass, b.num_key_blocks);
@@ -294,11 +374,11 @@ bool MakeBackwardPlan(const Problem& p, const Machine& machine, const GradientSe
       return false;
     }
     b.grad_rows_offset = layout.Add(b.pass_queries * channels, plan->acc_bytes);
-    if (!grads.value_in_place) b.accum_offset = layout.Add(p.keys * channels, plan->acc_bytes);
+    if (!b.grad_value_in_place) b.accum_offset = layout.Add(p.keys * channels, plan->acc_bytes);
     // The copy only where the workspace stays within its budget (a strided or half-type
     // grad_value needs the accumulator as well).
     int64_t value_bytes = 0;
-    b.head_major = machine.head_major && WantsHeadMajorCopy(p, &value_bytes) &&
+    b.head_major = machine.options.head_major_copy && WantsHeadMajorCopy(p, &value_bytes) &&
                    layout.size() + value_bytes <= kWorkspaceBudgetBytes;
     if (b.head_major) {
       b.value_copy_offset = layout.Add(value_bytes, 1);
@@ -316,13 +396,17 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
   std::string s;
   std::snprintf(buf, sizeof(buf),
                 "msda %s plan: batch=%lld keys=%lld heads=%lld dims=%lld queries=%lld "
-                "levels=%lld points=%lld\n  threads=%d prefetch=%d acc_bytes=%lld "
-                "scratch/thread=%lld B workspace=%llu B\n",
+                "levels=%lld points=%lld\n  threads=%d acc_bytes=%lld "
+                "scratch/thread=%lld B workspace=%llu B\n"
+                "  path: geometry=%s %s rows=%s\n",
                 plan.direction == Direction::kForward ? "forward" : "backward", (long long)p.batch,
                 (long long)p.keys, (long long)p.heads, (long long)p.dims, (long long)p.queries,
                 (long long)p.num_levels(), (long long)p.points, plan.num_threads,
-                plan.prefetch ? 1 : 0, (long long)plan.acc_bytes, (long long)plan.scratch.bytes,
-                (unsigned long long)plan.workspace_bytes);
+                (long long)plan.acc_bytes, (long long)plan.scratch.bytes,
+                (unsigned long long)plan.workspace_bytes,
+                plan.simd_geometry ? "simd" : "scalar",
+                plan.direction == Direction::kForward ? "output" : "grad_output",
+                plan.flat_rows ? "flat" : "strided");
   s += buf;
   if (plan.direction == Direction::kForward) {
     const ForwardPlan& f = plan.forward;
@@ -337,6 +421,13 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
     s += buf;
   } else {
     const BackwardPlan& b = plan.backward;
+    std::snprintf(buf, sizeof(buf),
+                  "  strategy=%s grad_value=%s point gradients=%s\n",
+                  !b.grads.value ? "no value gradient" : b.by_head ? "by head" : "counting sort",
+                  !b.grads.value ? "-" : b.grad_value_in_place ? "accumulated in place"
+                                                               : "accumulated in the workspace",
+                  b.flat_point_grads ? "flat" : "strided");
+    s += buf;
     if (b.by_head) {
       std::snprintf(buf, sizeof(buf),
                     "  grads: value=%d locations=%d weights=%d\n"

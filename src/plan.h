@@ -6,24 +6,29 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "params.h"
 #include "problem.h"
 
 namespace msda {
 
 enum class Direction { kForward, kBackward };
 
+// How the backward reduces grad_value (see BackwardPlan): by the planner's rule, or one
+// mode wherever it can run (by head needs its buffers to fit the workspace budget).
+enum class BackwardStrategy { kAuto, kByHead, kCountingSort };
+
+// Planner options for measuring and testing what a technique buys; results never depend on
+// them (the two backward strategies agree bit for bit).
+struct PlannerOptions {
+  bool head_major_copy = true;  // The head-major value copies where the rule asks for them.
+  BackwardStrategy backward = BackwardStrategy::kAuto;
+};
+
 struct Machine {
   int num_threads = 1;
-  // Software prefetch of the per-query tensors where one head walks a run of queries: the
-  // head-major forward tiles and the by-head backward (MSDA_PREFETCH=0 turns it off).
-  bool prefetch = true;
-  // The head-major value copy where the planner's rule asks for it (MSDA_HEAD_MAJOR=0 turns
-  // it off).
-  bool head_major = true;
-  // The backward's by-head mode where the planner's rule asks for it (MSDA_BY_HEAD=0 turns it
-  // off, leaving the counting sort).
-  bool by_head = true;
+  PlannerOptions options;
 };
 
 // Which gradients a backward call computes.
@@ -31,9 +36,6 @@ struct GradientSet {
   bool value = true;
   bool locations = true;
   bool weights = true;
-  // grad_value can be its own accumulator: stored in the accumulation type (FLOAT32, FLOAT64)
-  // with rows of dims contiguous and the keys and heads dims flattening into one row index.
-  bool value_in_place = false;
 };
 
 // Forward: tiles are (batch, head group, query block), each an independent piece of output;
@@ -88,6 +90,12 @@ struct ForwardPlan {
 // few cache lines per corner).
 struct BackwardPlan {
   GradientSet grads;
+  // grad_value is its own accumulator: stored in the accumulation type (FLOAT32, FLOAT64)
+  // with rows of dims contiguous and the keys and heads dims flattening into one row index.
+  bool grad_value_in_place = false;
+  // grad_sampling_locations and grad_attention_weights (those asked for) are fp32 and
+  // contiguous over (level, point) within a (batch, query, head): written as vectors.
+  bool flat_point_grads = false;
   bool by_head = false;
   bool head_copy = false;           // By-head tasks read a contiguous copy of their head's rows.
   int head_workers = 0;             // Threads that run by-head tasks, one buffer each.
@@ -108,7 +116,7 @@ struct BackwardPlan {
   int64_t block_start_offset = 0;  // int64 [num_key_blocks + 1]
   int64_t entries_offset = 0;      // entry [entry_capacity]
   int64_t grad_rows_offset = 0;    // acc [pass_queries][heads][dims]: grad_output rows.
-  // acc [keys][heads][dims]: grad_value of a batch item; none when grads.value_in_place (the
+  // acc [keys][heads][dims]: grad_value of a batch item; none when grad_value_in_place (the
   // kernel then zeroes grad_value and accumulates there).
   int64_t accum_offset = -1;
   // Head-major value copy read by pass B, on the forward's rule (see ForwardPlan).
@@ -149,19 +157,28 @@ struct ScratchLayout {
   int64_t bytes = 0;     // Per thread, a multiple of 64.
 };
 
+// Per-point level constants of the SIMD geometry pass, built with the plan: point
+// i = l * P + p of a (query, head) lies on level l; padded to a multiple of 64 points with
+// 1x1 maps at key 0, so that loops over points may read a last partial vector.
+struct PointLevels {
+  std::vector<float> width, height;                 // As floats, for the coordinates.
+  std::vector<int32_t> width_i, height_i, start_i;  // As integers, for the key rows.
+};
+
 struct Plan {
   Direction direction = Direction::kForward;
   int num_threads = 1;
-  // Where one head walks a run of queries (the head-major forward tiles, the by-head
-  // backward), the kernels prefetch each query's slices of loc, attn, out or grad_output and
-  // the point gradients a few queries ahead, every cache line of them: one head's slices are
-  // hundreds of bytes apart and cross a page every few queries, where the hardware
-  // prefetchers stop (encoder backward, one thread: 146 -> 102 ms). Prefetching corner rows
-  // ahead of their gathers was measured and dropped: 1.06-1.12x on the encoder's forward (then
-  // all heads per tile), but 0.7x on wide-batch and 0.82-0.85x on the decoder's forward, and no
-  // gain in the backward.
-  bool prefetch = true;
   int64_t acc_bytes = 4;  // 4: fp32 arithmetic; 8: fp64 (FLOAT64 problems).
+  // The SIMD geometry pass: a (query, head)'s corners as vectors over its points, from the
+  // level tables below. It needs fp32 locations (with a non-fp64 value) laid out (level,
+  // point, xy) contiguously, for the forward attention weights contiguous over (level,
+  // point) too, and key rows and map sizes that fit int32 (map sizes exact in fp32).
+  // Otherwise point by point.
+  bool simd_geometry = false;
+  PointLevels point_levels;  // Filled when simd_geometry.
+  // The output (forward) or grad_output (backward) rows are contiguous over dims: written or
+  // read as vectors.
+  bool flat_rows = false;
   ForwardPlan forward;
   BackwardPlan backward;
   // Per-thread scratch lives at the start of the workspace, num_threads * scratch.bytes.
@@ -170,9 +187,14 @@ struct Plan {
 };
 
 // Both return false if the workspace size overflows int64 (the caller reports a limit).
-bool MakeForwardPlan(const Problem& problem, const Machine& machine, Plan* plan);
-bool MakeBackwardPlan(const Problem& problem, const Machine& machine, const GradientSet& grads,
-                      Plan* plan);
+// strides is the layout of the call's tensors (those of skipped gradients are not read).
+bool MakeForwardPlan(const Problem& problem, const Strides& strides, const Machine& machine,
+                     Plan* plan);
+bool MakeBackwardPlan(const Problem& problem, const Strides& strides, const Machine& machine,
+                      const GradientSet& grads, Plan* plan);
+
+// Row-major strides of every tensor of the problem (for tests and tools).
+Strides ContiguousStrides(const Problem& problem);
 
 // The byte size of one corner contribution in the backward counting sort.
 int64_t BackwardEntryBytes(int64_t acc_bytes);

@@ -356,10 +356,6 @@ msdaStatus ValidateBackward(const CallTensors& call, Problem* problem, Params* p
   if (grads->value) {
     params->grad_value = BasePointer(*call.grad_value);
     CopyStrides(*call.grad_value, params->grad_value_stride);
-    const int64_t* st = params->grad_value_stride;
-    grads->value_in_place =
-        (problem->value_dtype == MSDA_FLOAT32 || problem->value_dtype == MSDA_FLOAT64) &&
-        st[3] == 1 && (problem->heads == 1 || st[1] == problem->heads * st[2]);
   }
   if (grads->locations) {
     params->grad_loc = BasePointer(*call.grad_sampling_locations);

@@ -81,7 +81,7 @@ struct BackwardKernel {
   // The accumulator row of key row r and head h (r * heads + h == index) of batch item b:
   // in the workspace, or grad_value itself when it is stored in the accumulation type.
   Acc* AccumRow(int64_t b, int64_t index) const {
-    if (bp().grads.value_in_place) {
+    if (bp().grad_value_in_place) {
       const int64_t* st = prm.grad_value_stride;
       return static_cast<Acc*>(prm.grad_value) + b * st[0] + index * (p.heads == 1 ? st[1] : st[2]);
     }
@@ -257,7 +257,7 @@ struct BackwardKernel {
     {
       const T* g_src = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
                        q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2];
-      if (prm.grad_out_stride[2] == 1) {
+      if (plan.flat_rows) {
         WidenRow<T, Acc>(g_src, p.dims, g_row);
       } else {
         for (int64_t d = 0; d < p.dims; ++d) {
@@ -547,10 +547,7 @@ struct BackwardKernel {
     if constexpr (std::is_same<T, float>::value && std::is_same<L, float>::value) {
       const int64_t* sa = prm.grad_attn_stride;
       const int64_t* sl = prm.grad_loc_stride;
-      const bool attn_flat = prm.grad_attn == nullptr || (sa[4] == 1 && sa[3] == p.points);
-      const bool loc_flat =
-          prm.grad_loc == nullptr || (sl[5] == 1 && sl[4] == 2 && sl[3] == 2 * p.points);
-      if (attn_flat && loc_flat) {
+      if (bp().flat_point_grads) {
         float* ga = prm.grad_attn == nullptr
                         ? nullptr
                         : static_cast<float*>(prm.grad_attn) + b * sa[0] + q * sa[1] + h * sa[2];
@@ -638,7 +635,7 @@ struct BackwardKernel {
         AxpyRow<Acc>(row, e.coef[0], grad_rows + int64_t{~e.slot} * dims, dims);
       }
     }
-    if (!last_pass || bp().grads.value_in_place) return;
+    if (!last_pass || bp().grad_value_in_place) return;
     T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0];
     for (int64_t r = row_begin; r < row_end; ++r) {
       for (int64_t h = 0; h < heads; ++h) {
@@ -753,7 +750,7 @@ struct BackwardKernel {
         // One head's slices of the per-query tensors are a few hundred bytes apart from one
         // query to the next, across pages every few queries, where the hardware prefetchers
         // stop: fetch them a few queries ahead.
-        if (plan.prefetch && q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
+        if (q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
         PointsOfHead(b, q, h, 0, g_row, sink, rows, worker);
       }
       const int64_t* st = prm.grad_value_stride;
@@ -781,10 +778,6 @@ void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
   const GradientSet& grads = e.plan.backward.grads;
   if (!grads.value && !grads.locations && !grads.weights) return;
   if (e.problem.batch == 0) return;  // No gradient element.
-  PointLevels levels;
-  // Without queries only grad_value is written (zeros), with no geometry.
-  const bool simd_geometry =
-      e.problem.queries > 0 && SimdGeometryApplies(e.problem, e.params, &levels);
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
     using T = decltype(t);
     using L = decltype(l);
@@ -796,7 +789,7 @@ void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
         e.params,
         e.plan,
         ws,
-        simd_geometry ? &levels : nullptr,
+        e.plan.simd_geometry ? &e.plan.point_levels : nullptr,
         ValueRows<T>{
             e.problem, e.params,
             copy ? reinterpret_cast<const T*>(ws + e.plan.backward.value_copy_offset) : nullptr}};

@@ -95,7 +95,7 @@ struct ForwardKernel {
         const int64_t q1 = q_begin + (i + 1) / heads, head1 = h_begin + (i + 1) % heads;
         next_count = BuildCornerList(batch, q1, head1, scratch, rows[1 - cur], weights[1 - cur]);
       }
-      if (heads == 1 && plan.prefetch && q + kQueriesAhead < q_end) {
+      if (heads == 1 && q + kQueriesAhead < q_end) {
         PrefetchQuery(batch, q + kQueriesAhead, head);
       }
       const T* value = ValueOf(batch, head);
@@ -249,7 +249,7 @@ struct ForwardKernel {
   void Write(T* out, int64_t batch, int64_t q, int64_t head, const Acc* acc) const {
     T* out_q =
         out + batch * prm.out_stride[0] + q * prm.out_stride[1] + head * p.dims * prm.out_stride[2];
-    if (prm.out_stride[2] == 1) {
+    if (plan.flat_rows) {
       NarrowRow<T, Acc>(acc, p.dims, out_q);
     } else {
       for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(out_q + d * prm.out_stride[2], acc[d]);
@@ -260,11 +260,6 @@ struct ForwardKernel {
 void RunForwardTarget(const msdaExecutor& e, void* workspace) {
   // No output element (and, with every tensor empty, no bound on the point count).
   if (e.problem.batch == 0 || e.problem.queries == 0) return;
-  PointLevels levels;
-  // The forward also reads the attention weights as vectors: contiguous over (level, point).
-  const bool simd_geometry = e.params.attn_stride[4] == 1 &&
-                             e.params.attn_stride[3] == e.problem.points &&
-                             SimdGeometryApplies(e.problem, e.params, &levels);
   const ForwardPlan& f = e.plan.forward;
   char* ws = static_cast<char*>(workspace);
   DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
@@ -276,7 +271,7 @@ void RunForwardTarget(const msdaExecutor& e, void* workspace) {
                                           e.params,
                                           e.plan,
                                           ws,
-                                          simd_geometry ? &levels : nullptr,
+                                          e.plan.simd_geometry ? &e.plan.point_levels : nullptr,
                                           ValueRows<T>{e.problem, e.params, copy}};
     if (!f.head_major) {
       ParallelFor(e.plan.num_threads, f.num_tiles,

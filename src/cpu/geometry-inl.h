@@ -16,6 +16,7 @@
 
 #include "hwy/highway.h"
 #include "params.h"
+#include "plan.h"
 #include "problem.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -23,45 +24,6 @@ namespace msda {
 namespace cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-// Per-point level constants: point i = l * P + p of a (query, head) lies on level l; padded
-// to a multiple of 64 points.
-struct PointLevels {
-  std::vector<float> width, height;                 // As floats, for the coordinates.
-  std::vector<int32_t> width_i, height_i, start_i;  // As integers, for the key rows.
-};
-
-// The SIMD geometry needs fp32 locations laid out (level, point, xy) contiguously within a
-// (batch, query, head), and key rows and map sizes that fit int32 (map sizes exact in fp32).
-// Fills the level tables when it applies.
-inline bool SimdGeometryApplies(const Problem& p, const Params& prm, PointLevels* levels) {
-  if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
-  if (prm.loc_stride[5] != 1 || prm.loc_stride[4] != 2 || prm.loc_stride[3] != 2 * p.points) {
-    return false;
-  }
-  if (p.keys >= (int64_t{1} << 31) - 1) return false;
-  for (const Level& level : p.levels) {
-    if (level.height >= (1 << 24) || level.width >= (1 << 24)) return false;
-  }
-  for (const Level& level : p.levels) {
-    for (int64_t pt = 0; pt < p.points; ++pt) {
-      levels->width.push_back(static_cast<float>(level.width));
-      levels->height.push_back(static_cast<float>(level.height));
-      levels->width_i.push_back(static_cast<int32_t>(level.width));
-      levels->height_i.push_back(static_cast<int32_t>(level.height));
-      levels->start_i.push_back(static_cast<int32_t>(level.start));
-    }
-  }
-  // Padded to whole vectors (like the scratch rows), so that loops over points may read a
-  // last partial vector.
-  const size_t padded = static_cast<size_t>((p.num_levels() * p.points + 63) / 64 * 64);
-  levels->width.resize(padded, 1.0f);
-  levels->height.resize(padded, 1.0f);
-  levels->width_i.resize(padded, 1);
-  levels->height_i.resize(padded, 1);
-  levels->start_i.resize(padded, 0);
-  return true;
-}
 
 // Corner c of point i: rows[c * stride + i] is its key row, or -1 when the corner is off the
 // map or the point fails the gate; weights[c * stride + i] its bilinear weight. With lh / lw

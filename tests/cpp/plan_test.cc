@@ -22,9 +22,43 @@ Problem Encoder() {
   return p;
 }
 
-// A machine whose backward always takes the counting sort (MSDA_BY_HEAD=0).
-Machine CountingSort(int threads, bool prefetch = true, bool head_major = true) {
-  return Machine{threads, prefetch, head_major, false};
+// A machine with the default planner options.
+Machine Threads(int threads) {
+  Machine m;
+  m.num_threads = threads;
+  return m;
+}
+
+Machine Options(int threads, bool head_major_copy,
+                BackwardStrategy strategy = BackwardStrategy::kAuto) {
+  Machine m = Threads(threads);
+  m.options.head_major_copy = head_major_copy;
+  m.options.backward = strategy;
+  return m;
+}
+
+// A machine whose backward always takes the counting sort.
+Machine CountingSort(int threads, bool head_major_copy = true) {
+  return Options(threads, head_major_copy, BackwardStrategy::kCountingSort);
+}
+
+// Contiguous tensors, but for value_in_place = false a grad_value view of every other element
+// (a strided view), whose backward accumulates in the workspace.
+Strides Layout(const Problem& p, bool value_in_place) {
+  Strides st = ContiguousStrides(p);
+  if (!value_in_place) {
+    for (int64_t& s : st.grad_value_stride) s *= 2;
+  }
+  return st;
+}
+
+bool Forward(const Problem& p, const Machine& m, Plan* plan) {
+  return MakeForwardPlan(p, ContiguousStrides(p), m, plan);
+}
+
+bool Backward(const Problem& p, const Machine& m, const GradientSet& grads, Plan* plan,
+              bool value_in_place = false) {
+  return MakeBackwardPlan(p, Layout(p, value_in_place), m, grads, plan);
 }
 
 TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
@@ -34,7 +68,7 @@ TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
       p.queries = queries;
       p.batch = 3;
       Plan plan;
-      ASSERT_TRUE(MakeForwardPlan(p, Machine{threads}, &plan));
+      ASSERT_TRUE(Forward(p, Threads(threads), &plan));
       const ForwardPlan& f = plan.forward;
       EXPECT_GE(f.query_block, 1);
       EXPECT_GE(f.num_query_blocks * f.query_block, queries);
@@ -63,34 +97,20 @@ TEST(ForwardPlan, TilesCoverEveryQueryOfEveryBatchAndHead) {
   }
 }
 
-TEST(Plans, PrefetchFollowsTheMachine) {
-  Plan plan;
-  const Problem p = Encoder();
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2, true}, GradientSet{}, &plan));
-  EXPECT_TRUE(plan.prefetch);
-  EXPECT_NE(DescribePlan(p, plan).find("prefetch=1"), std::string::npos);
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2, false}, GradientSet{}, &plan));
-  EXPECT_FALSE(plan.prefetch);
-  EXPECT_NE(DescribePlan(p, plan).find("prefetch=0"), std::string::npos);
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2, false}, &plan));
-  EXPECT_FALSE(plan.prefetch);
-}
-
 TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
   Plan plan;
   GradientSet grads;
-  grads.value_in_place = true;
-  ASSERT_TRUE(MakeForwardPlan(Encoder(), Machine{2, true, false}, &plan));
+  ASSERT_TRUE(Forward(Encoder(), Options(2, false), &plan));
   EXPECT_FALSE(plan.forward.head_major);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, true, false), grads, &plan));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(2, false), grads, &plan, true));
   EXPECT_FALSE(plan.backward.head_major);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2, true, true), grads, &plan));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(2, true), grads, &plan, true));
   EXPECT_TRUE(plan.backward.head_major);
   // By head, the switch turns the per-task copy of a head's rows off.
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, true}, grads, &plan));
+  ASSERT_TRUE(Backward(Encoder(), Options(2, true), grads, &plan, true));
   EXPECT_TRUE(plan.backward.by_head);
   EXPECT_TRUE(plan.backward.head_copy);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2, true, false}, grads, &plan));
+  ASSERT_TRUE(Backward(Encoder(), Options(2, false), grads, &plan, true));
   EXPECT_TRUE(plan.backward.by_head);
   EXPECT_FALSE(plan.backward.head_copy);
 }
@@ -98,19 +118,19 @@ TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
 TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
   Plan plan;
   Problem p = Encoder();  // 64 corner rows per query, as many queries as keys.
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_TRUE(plan.forward.head_major);
   EXPECT_NE(DescribePlan(p, plan).find("head_major=1"), std::string::npos);
   p.queries = 900;  // The decoder: the copy would cost more than it saves.
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_FALSE(plan.forward.head_major);
   p = Encoder();
   p.heads = 1;  // Nothing to transpose.
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_FALSE(plan.forward.head_major);
   p = Encoder();
   p.dims = 512;  // An 80 MiB copy: over the workspace budget.
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_FALSE(plan.forward.head_major);
   // The shape of ForwardHeadMajor (forward_test.cc), in every dtype.
   for (msdaDataType dtype : {MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16, MSDA_FLOAT64}) {
@@ -123,15 +143,15 @@ TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
     p.levels = {{9, 7, 0}, {4, 5, 63}, {1, 1, 83}};
     p.keys = 84;
     p.value_dtype = dtype;
-    ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+    ASSERT_TRUE(Forward(p, Threads(2), &plan));
     EXPECT_TRUE(plan.forward.head_major) << dtype;
     // BackwardHeadMajor, under MSDA_BY_HEAD=0.
-    ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2), GradientSet{}, &plan));
+    ASSERT_TRUE(Backward(p, CountingSort(2), GradientSet{}, &plan));
     EXPECT_TRUE(plan.backward.head_major) << dtype;
   }
   p = Encoder();
   p.keys = int64_t{1} << 60;  // Sizes that overflow: no copy, no wrap.
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_FALSE(plan.forward.head_major);
 }
 
@@ -139,14 +159,14 @@ TEST(ForwardPlan, GivesEveryThreadSeveralTilesWhenThereIsWork) {
   Plan plan;
   Problem p = Encoder();
   p.queries = 900;  // The decoder shape.
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{2}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_GE(plan.forward.num_tiles, 16 * 2);
 }
 
 TEST(ScratchLayout, IsAlignedAndHoldsOneQueryOfCorners) {
   Plan plan;
   Problem p = Encoder();
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{4}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(4), &plan));
   const ScratchLayout& s = plan.scratch;
   const int64_t corners = p.num_levels() * p.points * 4;
   EXPECT_EQ(s.corner_offsets % 64, 0);
@@ -160,7 +180,7 @@ TEST(ScratchLayout, IsAlignedAndHoldsOneQueryOfCorners) {
   EXPECT_GE(s.bytes - s.grad_row, p.dims * 4);
   // fp64 problems accumulate in fp64.
   p.value_dtype = MSDA_FLOAT64;
-  ASSERT_TRUE(MakeForwardPlan(p, Machine{4}, &plan));
+  ASSERT_TRUE(Forward(p, Threads(4), &plan));
   EXPECT_EQ(plan.acc_bytes, 8);
   EXPECT_GE(plan.scratch.row - plan.scratch.corner_weights, corners * 8);
 }
@@ -169,9 +189,9 @@ TEST(BackwardPlan, SizesDoNotDependOnTheThreadCount) {
   // Determinism across thread counts rests on this: chunking, passes and key blocks fix the
   // summation order of grad_value.
   Plan one, many;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(1), GradientSet{}, &one));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(1), GradientSet{}, &one));
   for (int threads : {2, 3, 8, 61}) {
-    ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(threads), GradientSet{}, &many));
+    ASSERT_TRUE(Backward(Encoder(), CountingSort(threads), GradientSet{}, &many));
     EXPECT_EQ(one.backward.chunk_queries, many.backward.chunk_queries);
     EXPECT_EQ(one.backward.pass_queries, many.backward.pass_queries);
     EXPECT_EQ(one.backward.key_block_rows, many.backward.key_block_rows);
@@ -182,7 +202,7 @@ TEST(BackwardPlan, SizesDoNotDependOnTheThreadCount) {
 TEST(BackwardPlan, WorkspaceRegionsAreDisjointAndInBounds) {
   Plan plan;
   const Problem p = Encoder();
-  ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2), GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(p, CountingSort(2), GradientSet{}, &plan));
   const BackwardPlan& b = plan.backward;
   const int64_t acc = plan.acc_bytes;
   struct Region {
@@ -219,7 +239,7 @@ TEST(BackwardPlan, SplitsQueriesIntoPassesToBoundTheContributionBuffer) {
   p.keys = 256;
   p.points = 16;
   Plan plan;
-  ASSERT_TRUE(MakeBackwardPlan(p, CountingSort(2), GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(p, CountingSort(2), GradientSet{}, &plan));
   const BackwardPlan& b = plan.backward;
   EXPECT_GT(b.num_passes, 1);
   EXPECT_LE(b.entry_capacity * b.entry_bytes, kBackwardEntryBudgetBytes);
@@ -230,7 +250,7 @@ TEST(BackwardPlan, NeedsNoReductionBuffersWithoutTheValueGradient) {
   Plan plan;
   GradientSet grads;
   grads.value = false;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &plan));
+  ASSERT_TRUE(Backward(Encoder(), Threads(2), grads, &plan));
   EXPECT_EQ(plan.workspace_bytes, static_cast<uint64_t>(plan.num_threads * plan.scratch.bytes));
 }
 
@@ -253,13 +273,12 @@ TEST(Plans, FitTheStandardShapesInto64MiB) {
     for (msdaDataType dtype : {MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16}) {
       p.value_dtype = dtype;
       Plan f, b;
-      ASSERT_TRUE(MakeForwardPlan(p, Machine{16}, &f));
+      ASSERT_TRUE(Forward(p, Threads(16), &f));
       EXPECT_LE(f.workspace_bytes, uint64_t{64} << 20);
       for (bool in_place : {false, true}) {
         GradientSet grads;
-        grads.value_in_place = in_place;
-        for (bool by_head : {false, true}) {
-          ASSERT_TRUE(MakeBackwardPlan(p, Machine{16, true, true, by_head}, grads, &b));
+        for (BackwardStrategy strategy : {BackwardStrategy::kCountingSort, BackwardStrategy::kAuto}) {
+          ASSERT_TRUE(Backward(p, Options(16, true, strategy), grads, &b, in_place));
           EXPECT_LE(b.workspace_bytes, uint64_t{64} << 20) << dtype << " " << in_place;
         }
       }
@@ -268,18 +287,15 @@ TEST(Plans, FitTheStandardShapesInto64MiB) {
   // The encoder takes the head-major copy in both directions when its grad_value is its own
   // accumulator (fp32, contiguous).
   Plan b;
-  GradientSet grads;
-  grads.value_in_place = true;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), grads, &b));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(2), GradientSet{}, &b, true));
   EXPECT_TRUE(b.backward.head_major);
 }
 
 TEST(BackwardPlan, InPlaceGradValueNeedsNoAccumulator) {
   Plan in_place, copied;
   GradientSet grads;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), grads, &copied));
-  grads.value_in_place = true;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), grads, &in_place));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(2), grads, &copied));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(2), grads, &in_place, true));
   EXPECT_GE(copied.backward.accum_offset, 0);
   EXPECT_EQ(in_place.backward.accum_offset, -1);
   const Problem p = Encoder();
@@ -305,7 +321,7 @@ TEST(BackwardPlan, GoesByHeadWhenTheBatchAndHeadPairsKeepTheThreadsBusy) {
     p.batch = c.batch;
     p.heads = c.heads;
     Plan plan;
-    ASSERT_TRUE(MakeBackwardPlan(p, Machine{c.threads}, GradientSet{}, &plan));
+    ASSERT_TRUE(Backward(p, Threads(c.threads), GradientSet{}, &plan));
     const BackwardPlan& b = plan.backward;
     SCOPED_TRACE(::testing::Message()
                  << "batch " << c.batch << " heads " << c.heads << " threads " << c.threads);
@@ -337,9 +353,9 @@ TEST(BackwardPlan, GoesByHeadWhenTheBatchAndHeadPairsKeepTheThreadsBusy) {
   Plan plan;
   GradientSet grads;
   grads.value = false;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, grads, &plan));
+  ASSERT_TRUE(Backward(Encoder(), Threads(2), grads, &plan));
   EXPECT_FALSE(plan.backward.by_head);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(2), GradientSet{}, &plan));
   EXPECT_FALSE(plan.backward.by_head);
 }
 
@@ -347,7 +363,7 @@ TEST(BackwardPlan, ByHeadCopiesAHeadsRowsOnlyWhenManyQueriesShareThem) {
   Problem p = Encoder();
   p.queries = 900;  // The decoder.
   Plan plan;
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(p, Threads(2), GradientSet{}, &plan));
   EXPECT_TRUE(plan.backward.by_head);
   EXPECT_FALSE(plan.backward.head_copy);
   EXPECT_EQ(plan.backward.head_row_bytes, p.dims * 4);
@@ -357,15 +373,15 @@ TEST(BackwardPlan, ByHeadBuffersStayWithinTheWorkspaceBudget) {
   Problem p = Encoder();
   p.dims = 256;  // 20 + 20 MiB a worker in fp32: one fits, two do not.
   Plan plan;
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{1}, GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(p, Threads(1), GradientSet{}, &plan));
   EXPECT_TRUE(plan.backward.by_head);
   EXPECT_EQ(plan.backward.head_workers, 1);
   EXPECT_LE(plan.workspace_bytes, static_cast<uint64_t>(kWorkspaceBudgetBytes));
   // One worker for two threads would be 8 rounds of 8 tasks: not by head.
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(p, Threads(2), GradientSet{}, &plan));
   EXPECT_FALSE(plan.backward.by_head);
   p.dims = 1024;  // Not even one worker's buffer fits: the counting sort.
-  ASSERT_TRUE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(p, Threads(2), GradientSet{}, &plan));
   EXPECT_FALSE(plan.backward.by_head);
 }
 
@@ -374,19 +390,134 @@ TEST(Plans, ReportOverflowInsteadOfWrapping) {
   p.keys = int64_t{1} << 60;
   p.dims = int64_t{1} << 10;
   Plan plan;
-  EXPECT_FALSE(MakeBackwardPlan(p, Machine{2}, GradientSet{}, &plan));
+  EXPECT_FALSE(Backward(p, Threads(2), GradientSet{}, &plan));
 }
 
 TEST(Plans, DescribeNamesTheDecisions) {
   Plan plan;
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), CountingSort(2), GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(Encoder(), CountingSort(2), GradientSet{}, &plan));
   const std::string text = DescribePlan(Encoder(), plan);
   EXPECT_NE(text.find("backward"), std::string::npos);
   EXPECT_NE(text.find("key blocks"), std::string::npos);
-  ASSERT_TRUE(MakeBackwardPlan(Encoder(), Machine{2}, GradientSet{}, &plan));
+  ASSERT_TRUE(Backward(Encoder(), Threads(2), GradientSet{}, &plan));
   EXPECT_NE(DescribePlan(Encoder(), plan).find("by_head=1"), std::string::npos);
-  ASSERT_TRUE(MakeForwardPlan(Encoder(), Machine{2}, &plan));
+  ASSERT_TRUE(Forward(Encoder(), Threads(2), &plan));
   EXPECT_NE(DescribePlan(Encoder(), plan).find("query_block"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace msda
+
+namespace msda {
+namespace {
+
+// The path decisions the planner makes from the layout, each on its own.
+TEST(PlanPath, SimdGeometryNeedsFlatFp32LocationsAndInt32Rows) {
+  const Problem p = Encoder();
+  const Strides flat = ContiguousStrides(p);
+  Plan plan;
+  ASSERT_TRUE(MakeForwardPlan(p, flat, Threads(2), &plan));
+  EXPECT_TRUE(plan.simd_geometry);
+  // The level tables, built with the plan: one entry per (level, point), padded to 64.
+  const PointLevels& lv = plan.point_levels;
+  ASSERT_EQ(lv.width.size(), 64u);
+  for (int64_t i = 0; i < 16; ++i) {
+    const Level& level = p.levels[i / p.points];
+    EXPECT_EQ(lv.width[i], static_cast<float>(level.width));
+    EXPECT_EQ(lv.height_i[i], level.height);
+    EXPECT_EQ(lv.start_i[i], level.start);
+  }
+  EXPECT_EQ(lv.width_i[16], 1);
+  EXPECT_EQ(lv.start_i[63], 0);
+  EXPECT_NE(DescribePlan(p, plan).find("geometry=simd"), std::string::npos);
+  ASSERT_TRUE(MakeBackwardPlan(p, flat, Threads(2), GradientSet{}, &plan));
+  EXPECT_TRUE(plan.simd_geometry);
+
+  auto forward_simd = [&](const Problem& q, const Strides& st) {
+    Plan f;
+    EXPECT_TRUE(MakeForwardPlan(q, st, Threads(2), &f));
+    EXPECT_EQ(f.point_levels.width.empty(), !f.simd_geometry);
+    return f.simd_geometry;
+  };
+  Problem q = p;
+  q.loc_dtype = MSDA_FLOAT16;
+  q.value_dtype = MSDA_FLOAT16;
+  EXPECT_FALSE(forward_simd(q, flat));  // Half locations: point by point.
+  q.loc_dtype = MSDA_FLOAT32;
+  EXPECT_TRUE(forward_simd(q, flat));  // fp32 locations with half values.
+  q.value_dtype = MSDA_FLOAT64;
+  EXPECT_FALSE(forward_simd(q, flat));  // fp64 arithmetic.
+  Strides st = flat;
+  st.loc_stride[5] = 2;  // x and y apart.
+  EXPECT_FALSE(forward_simd(p, st));
+  st = flat;
+  st.attn_stride[3] += 1;  // Levels of the weights apart: the forward only.
+  EXPECT_FALSE(forward_simd(p, st));
+  ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
+  EXPECT_TRUE(plan.simd_geometry);
+  q = p;
+  q.levels[0].width = 1 << 24;  // Not exact in fp32 arithmetic with the fraction.
+  EXPECT_FALSE(forward_simd(q, flat));
+  q = p;
+  q.queries = 0;  // Nothing to sample: no tables.
+  EXPECT_FALSE(forward_simd(q, flat));
+}
+
+TEST(PlanPath, RowsAndPointGradientsAreFlatWhenContiguous) {
+  const Problem p = Encoder();
+  Strides st = ContiguousStrides(p);
+  Plan plan;
+  ASSERT_TRUE(MakeForwardPlan(p, st, Threads(2), &plan));
+  EXPECT_TRUE(plan.flat_rows);
+  ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
+  EXPECT_TRUE(plan.flat_rows);
+  EXPECT_TRUE(plan.backward.flat_point_grads);
+  EXPECT_TRUE(plan.backward.grad_value_in_place);
+  EXPECT_NE(DescribePlan(p, plan).find("point gradients=flat"), std::string::npos);
+  st.out_stride[2] = 2;
+  st.grad_out_stride[2] = 2;
+  ASSERT_TRUE(MakeForwardPlan(p, st, Threads(2), &plan));
+  EXPECT_FALSE(plan.flat_rows);
+  ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
+  EXPECT_FALSE(plan.flat_rows);
+  EXPECT_NE(DescribePlan(p, plan).find("grad_output rows=strided"), std::string::npos);
+  // A strided gradient of the weights: point by point, unless it is skipped.
+  st = ContiguousStrides(p);
+  st.grad_attn_stride[4] = 3;
+  ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.flat_point_grads);
+  GradientSet no_weights;
+  no_weights.weights = false;
+  ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), no_weights, &plan));
+  EXPECT_TRUE(plan.backward.flat_point_grads);
+  // Half types are converted element by element.
+  Problem half = p;
+  half.value_dtype = MSDA_BFLOAT16;
+  ASSERT_TRUE(MakeBackwardPlan(half, ContiguousStrides(half), Threads(2), GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.flat_point_grads);
+  EXPECT_FALSE(plan.backward.grad_value_in_place);  // Not stored in the accumulation type.
+  // grad_value in place needs rows of dims contiguous and keys and heads flattening.
+  st = ContiguousStrides(p);
+  st.grad_value_stride[1] += 1;
+  ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.grad_value_in_place);
+  EXPECT_NE(DescribePlan(p, plan).find("accumulated in the workspace"), std::string::npos);
+}
+
+TEST(PlanPath, TheBackwardStrategyCanBeForced) {
+  // The decoder's 8 (batch, head) tasks on 7 threads (two rounds): the rule picks the
+  // counting sort.
+  Problem p = Encoder();
+  p.queries = 900;
+  Plan plan;
+  ASSERT_TRUE(Backward(p, Threads(7), GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.by_head);
+  ASSERT_TRUE(Backward(p, Options(7, true, BackwardStrategy::kByHead), GradientSet{}, &plan));
+  EXPECT_TRUE(plan.backward.by_head);
+  EXPECT_NE(DescribePlan(p, plan).find("strategy=by head"), std::string::npos);
+  ASSERT_TRUE(Backward(p, Options(1, true, BackwardStrategy::kCountingSort), GradientSet{}, &plan));
+  EXPECT_FALSE(plan.backward.by_head);
+  EXPECT_NE(DescribePlan(p, plan).find("strategy=counting sort"), std::string::npos);
 }
 
 }  // namespace

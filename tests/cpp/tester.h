@@ -23,6 +23,7 @@
 
 #include "msda/msda.h"
 #include "reference.h"
+#include "testing.h"  // src/: msdaTestingSetPlannerOptions
 
 namespace msda_test {
 
@@ -422,8 +423,7 @@ class MsdaTester {
                                       t->loc.get(), t->attn.get(), out.get(), &ws_size, &ex);
       EXPECT_EQ(planned, MSDA_SUCCESS) << LastError();
       if (planned != MSDA_SUCCESS) return run;
-      Workspace ws(ws_size);
-      ws.Scramble();
+      Workspace ws(ws_size);  // Filled with 0xFF or random bytes, alternately.
       const msdaStatus ran = msdaForward(ws.data(), ws_size, ex, nullptr);
       EXPECT_EQ(ran, MSDA_SUCCESS) << LastError();
       EXPECT_TRUE(ws.GuardsIntact()) << "forward wrote outside its workspace";
@@ -447,8 +447,13 @@ class MsdaTester {
   };
 
   // Runs the backward `repeats` times (fresh NaN-filled gradient storage, scrambled workspace)
-  // and checks the runs agree bitwise and write nowhere else.
+  // and checks the runs agree bitwise and write nowhere else. The runs alternate the two
+  // strategies for grad_value, by head (where it can run) and the counting sort, so that every
+  // backward test also checks that they agree byte for byte.
   BackwardRun RunBackward(const Inputs& in, int repeats = 2) const {
+    struct StrategyReset {
+      ~StrategyReset() { msdaTestingSetPlannerOptions(-1, -1); }
+    } reset;
     BackwardRun run;
     std::unique_ptr<InputTensors> t = MakeInputTensors(in);
     HostTensor grad_out(p_.out_dims(), value_dtype_, grad_out_layout_);
@@ -461,6 +466,7 @@ class MsdaTester {
       if (want_value_) gv.reset(new HostTensor(p_.value_dims(), value_dtype_, grad_value_layout_));
       if (want_loc_) gl.reset(new HostTensor(p_.loc_dims(), loc_dtype(), grad_loc_layout_));
       if (want_attn_) ga.reset(new HostTensor(p_.attn_dims(), value_dtype_, grad_attn_layout_));
+      msdaTestingSetPlannerOptions(-1, rep % 2 == 0 ? 1 : 2);  // By head, counting sort.
       EXPECT_EQ(msdaSetNumThreads(threads_), MSDA_SUCCESS);
       uint64_t ws_size = 0;
       msdaExecutor* ex = nullptr;
@@ -470,8 +476,7 @@ class MsdaTester {
           ga ? ga->get() : nullptr, &ws_size, &ex);
       EXPECT_EQ(planned, MSDA_SUCCESS) << LastError();
       if (planned != MSDA_SUCCESS) return run;
-      Workspace ws(ws_size);
-      ws.Scramble();
+      Workspace ws(ws_size);  // Filled with 0xFF or random bytes, alternately.
       const msdaStatus ran = msdaBackward(ws.data(), ws_size, ex, nullptr);
       EXPECT_EQ(ran, MSDA_SUCCESS) << LastError();
       EXPECT_TRUE(ws.GuardsIntact()) << "backward wrote outside its workspace";
@@ -492,7 +497,8 @@ class MsdaTester {
           *o.bytes = o.tensor->ViewBytes();
         } else {
           EXPECT_TRUE(o.tensor->ViewBytes() == *o.bytes)
-              << o.name << " differs between two runs of the same backward";
+              << o.name << " differs between two runs of the same backward (the by-head and "
+                 "counting-sort strategies, alternately)";
         }
       }
     }
