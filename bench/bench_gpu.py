@@ -95,7 +95,7 @@ def bench_shape(name, shape, dtype, device, repeats, warmup):
         def run():
             mt.set_deterministic(deterministic)
             try:
-                return mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn)
+                return mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out)
             finally:
                 mt.set_deterministic(None)
         return lambda: (msda_forward(), run())

@@ -1,4 +1,4 @@
-// The thread-local last error message, and the status names.
+// The thread-local last error (message and status), and the status names.
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -10,14 +10,19 @@ namespace msda {
 namespace {
 
 thread_local std::string tls_error;
+thread_local msdaStatus tls_status = MSDA_SUCCESS;
 
 }  // namespace
 
 msdaStatus Refuse(msdaStatus status, std::string message) {
   tls_error = std::move(message);
+  tls_status = status;
   return status;
 }
-void ClearError() { tls_error.clear(); }
+void ClearError() {
+  tls_error.clear();
+  tls_status = MSDA_SUCCESS;
+}
 const char* LastErrorMessage() { return tls_error.c_str(); }
 
 }  // namespace msda
@@ -26,6 +31,7 @@ extern "C" {
 
 const char* msdaGetLastErrorMessage(void) { return msda::LastErrorMessage(); }
 
+msdaStatus msdaGetLastErrorStatus(void) { return msda::tls_status; }
 
 const char* msdaStatusString(msdaStatus status) {
   // Any integer may arrive from C; switch on it as an integer (see msdaCreateTensor).

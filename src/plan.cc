@@ -195,11 +195,15 @@ void PlanGeometry(const Problem& p, const Strides& st, bool attn_flat, Plan* pla
   if (plan->simd_geometry) FillPointLevels(p, &plan->point_levels);
 }
 
+// Row-major strides of dims; a stride past int64 (only a problem too large to allocate has
+// one) saturates rather than wraps, so planning such a problem reports its overflow.
 void RowMajor(const std::vector<int64_t>& dims, int64_t* strides) {
   int64_t stride = 1;
   for (size_t i = dims.size(); i-- > 0;) {
     strides[i] = stride;
-    stride *= dims[i];
+    if (i > 0 && __builtin_mul_overflow(stride, dims[i], &stride)) {
+      stride = std::numeric_limits<int64_t>::max();
+    }
   }
 }
 

@@ -166,6 +166,9 @@ MSDA_API int64_t msdaExecutorDescribe(const msdaExecutor* executor, char* buffer
 /* The message of the last refusal on the calling thread ("" if none). Valid until the next
  * msda call on this thread. */
 MSDA_API const char* msdaGetLastErrorMessage(void);
+/* The status of the last refusal on the calling thread (MSDA_SUCCESS if none), with the same
+ * lifetime: how a NULL from msdaCreateTensor says which rule it broke. */
+MSDA_API msdaStatus msdaGetLastErrorStatus(void);
 /* A fixed name for a status, e.g. "MSDA_ERROR_SHAPE_MISMATCH". */
 MSDA_API const char* msdaStatusString(msdaStatus status);
 

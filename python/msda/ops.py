@@ -332,24 +332,28 @@ def ms_deform_attn(
 
 
 def ms_deform_attn_backward(
-    grad_output: Tensor,
     value: Tensor,
     spatial_shapes: Tensor,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    grad_output: Tensor,
+    *,
     need_value: bool = True,
     need_locations: bool = True,
     need_weights: bool = True,
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """The backward op called directly: (grad_value, grad_sampling_locations,
-    grad_attention_weights), None for a gradient not asked for (it is not computed)."""
+    """The backward called directly, with the arguments in the order of
+    ``msda.numpy.ms_deform_attn_backward`` and the C API (the five inputs, then grad_output):
+    (grad_value, grad_sampling_locations, grad_attention_weights), None for a gradient not
+    asked for (it is not computed)."""
     for name, t in zip(
-        ("grad_output",) + ARGUMENT_NAMES,
-        (grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-         attention_weights),
+        ARGUMENT_NAMES + ("grad_output",),
+        (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+         grad_output),
     ):
         _check_tensor(name, t)
+    needs = (bool(need_value), bool(need_locations), bool(need_weights))
     grads = _ms_deform_attn_backward_op(
         grad_output,
         value,
@@ -357,8 +361,6 @@ def ms_deform_attn_backward(
         level_start_index,
         sampling_locations,
         attention_weights,
-        bool(need_value),
-        bool(need_locations),
-        bool(need_weights),
+        *needs,
     )
-    return tuple(g if need else None for g, need in zip(grads, (need_value, need_locations, need_weights)))
+    return tuple(g if need else None for g, need in zip(grads, needs))

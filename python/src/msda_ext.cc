@@ -108,12 +108,11 @@ TensorPtr MakeTensor(const char* name, const Array& a) {
   msdaTensor* t = msdaCreateTensor(a.shape_ptr(), ndim, dtype, strides.data(), 0, MSDA_DEVICE_CPU,
                                    0, const_cast<void*>(static_cast<const void*>(a.data())));
   if (t == nullptr) {
+    const msdaStatus status = msdaGetLastErrorStatus();
     std::string message = msdaGetLastErrorMessage();
     const std::string prefix = "tensor: ";
     if (message.compare(0, prefix.size(), prefix) == 0) message = message.substr(prefix.size());
-    if (message.find("out of host memory") != std::string::npos) throw std::bad_alloc();
-    const msdaStatus status = ndim > 8 ? MSDA_ERROR_INVALID_RANK : MSDA_ERROR_INVALID_LAYOUT;
-    RaiseStatus(status, std::string(name) + ": " + message);
+    RaiseStatus(status, std::string(name) + ": " + message);  // MemoryError when out of memory.
   }
   return TensorPtr(t);
 }

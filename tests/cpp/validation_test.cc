@@ -562,11 +562,13 @@ TEST_F(Validation, CreateTensorRefusesBadLayouts) {
     std::vector<int64_t> strides;
     int64_t offset;
     const char* word;
+    msdaStatus status;
   } cases[] = {
-      {"negative stride", dims, 3, MSDA_FLOAT32, {12, -4, 1}, 0, "stride"},
-      {"negative offset", dims, 3, MSDA_FLOAT32, {}, -1, "offset"},
-      {"too many dims", dims, 9, MSDA_FLOAT32, {}, 0, "ndim"},
-      {"dims NULL", nullptr, 3, MSDA_FLOAT32, {}, 0, "dims"},
+      {"negative stride", dims, 3, MSDA_FLOAT32, {12, -4, 1}, 0, "stride",
+       MSDA_ERROR_INVALID_LAYOUT},
+      {"negative offset", dims, 3, MSDA_FLOAT32, {}, -1, "offset", MSDA_ERROR_INVALID_LAYOUT},
+      {"too many dims", dims, 9, MSDA_FLOAT32, {}, 0, "ndim", MSDA_ERROR_INVALID_RANK},
+      {"dims NULL", nullptr, 3, MSDA_FLOAT32, {}, 0, "dims", MSDA_ERROR_NULL_POINTER},
   };
   for (const auto& k : cases) {
     SCOPED_TRACE(k.what);
@@ -576,7 +578,10 @@ TEST_F(Validation, CreateTensorRefusesBadLayouts) {
     EXPECT_EQ(t, nullptr);
     EXPECT_NE(std::string(msdaGetLastErrorMessage()).find(k.word), std::string::npos)
         << msdaGetLastErrorMessage();
+    // The NULL says which rule through the last status as well.
+    EXPECT_EQ(msdaGetLastErrorStatus(), k.status) << msdaStatusString(msdaGetLastErrorStatus());
     msdaDestroyTensor(t);
+    EXPECT_EQ(msdaGetLastErrorStatus(), MSDA_SUCCESS);  // Every call starts afresh.
   }
   // Integers that are no dtype or device enumerator (CUDA views can be made; they are
   // refused at planning).

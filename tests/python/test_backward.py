@@ -108,7 +108,8 @@ def test_no_gradient_needed_runs_no_backward():
 def test_backward_op_directly():
     v, ss, lsi, loc, attn = make_inputs(safe=True, seed=14)
     g = torch.randn(2, 5, 8, dtype=torch.float64)
-    gv, gl, ga = msda.ms_deform_attn_backward(g, v, ss, lsi, loc, attn, True, False, True)
+    gv, gl, ga = msda.ms_deform_attn_backward(v, ss, lsi, loc, attn, g, need_value=True,
+                                              need_locations=False, need_weights=True)
     assert gl is None
     _, rv, _, ra = _grads(lambda v, l, a: ms_deform_attn_ref(v, ss, lsi, l, a), v, loc, attn, g)
     assert_close(gv, rv)
@@ -126,7 +127,7 @@ def test_backward_is_deterministic_across_threads():
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(msda.ms_deform_attn_backward(g, v, ss, lsi, loc, attn))
+            results.append(msda.ms_deform_attn_backward(v, ss, lsi, loc, attn, g))
     finally:
         torch.set_num_threads(old)
     for a, b in zip(*results):

@@ -109,7 +109,7 @@ def test_backward_refusals_name_the_gradient():
     a = base()
     g = torch.zeros(2, 3, 6)
     with pytest.raises(ValueError, match=r"^grad_output: dim 2 \(heads \* embed_dims\) must be 8"):
-        msda.ms_deform_attn_backward(g, *[a[n] for n in NAMES])
+        msda.ms_deform_attn_backward(*[a[n] for n in NAMES], g)
     with pytest.raises(TypeError, match=r"^grad_output: dtype must be FLOAT32"):
         torch.ops.msda.ms_deform_attn_backward(torch.zeros(2, 3, 8, dtype=torch.float64),
                                                *[a[n] for n in NAMES], True, True, True)

@@ -418,7 +418,7 @@ class BadCall:
         if self.entry == "torch":
             return msda.ms_deform_attn(*five)
         if self.entry == "torch_backward":
-            return msda.ms_deform_attn_backward(a["grad_output"], *five)
+            return msda.ms_deform_attn_backward(*five, a["grad_output"])
         if self.entry == "numpy":
             return mnp.ms_deform_attn(*five, **self.kwargs)
         return mnp.ms_deform_attn_backward(*five, a["grad_output"], **self.kwargs)
@@ -675,7 +675,7 @@ def test_all_meta_tensors_give_a_meta_result():
     assert out.device.type == "meta" and out.shape == (2, 4, 6) and out.dtype == torch.float64
     a = [t.to("meta") for t in _base()]
     grad_out = torch.zeros(2, 4, 6, device="meta", dtype=torch.float64)
-    grads = msda.ms_deform_attn_backward(grad_out, *a)
+    grads = msda.ms_deform_attn_backward(*a, grad_out)
     assert [g.device.type for g in grads] == ["meta"] * 3
     assert [g.shape for g in grads] == [a[0].shape, a[3].shape, a[4].shape]
 
@@ -768,8 +768,8 @@ def test_torch_backward_entry_refuses_non_tensors(name, obj):
     args = dict(zip(NAMES, _base()))
     args[name] = NON_TENSORS[obj]
     with pytest.raises((ValueError, TypeError), match=rf"^{name}"):
-        msda.ms_deform_attn_backward(torch.zeros(2, 4, 6, dtype=torch.float64),
-                                     *[args[n] for n in NAMES])
+        msda.ms_deform_attn_backward(*[args[n] for n in NAMES],
+                                     torch.zeros(2, 4, 6, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name", ["value", "level_start_index", "sampling_locations"])

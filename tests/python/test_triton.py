@@ -74,7 +74,7 @@ def test_forward_and_gradients_match_the_oracle(dtype, loc_dtype):
     for deterministic in (False, True):
         mt.set_deterministic(deterministic)
         try:
-            grads = mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn)
+            grads = mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out)
         finally:
             mt.set_deterministic(None)
         for g, like, r in zip(grads, (v, loc, attn), ref[1:]):
@@ -89,10 +89,10 @@ def test_matches_the_cpp_core(dtype, loc_dtype):
     v, ss, lsi, loc, attn = _inputs(dtype, loc_dtype, device="cpu", B=2, Q=6, H=2, D=8, P=3)
     grad_out = torch.randn(2, 6, 16, dtype=torch.float64).to(dtype)
     cpu = [msda.ms_deform_attn(v, ss, lsi, loc, attn)]
-    cpu += msda.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn)
+    cpu += msda.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out)
     dev = [t.to(DEVICE) for t in (v, ss, lsi, loc, attn)]
     tri = [mt.ms_deform_attn(*dev)]
-    tri += mt.ms_deform_attn_backward(grad_out.to(DEVICE), *dev)
+    tri += mt.ms_deform_attn_backward(*dev, grad_out.to(DEVICE))
     for a, b in zip(tri, cpu):
         assert a.dtype == b.dtype
         _close(a, b.double(), dtype)
@@ -128,7 +128,7 @@ def test_strided_inputs_are_read_in_place(dtype):
     assert not grad_out.is_contiguous()
     ref = _oracle(v, ss, lsi, loc, attn, grad_out)
     _close(mt.ms_deform_attn(v, ss, lsi, loc, attn), ref[0], dtype)
-    for g, r in zip(mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn), ref[1:]):
+    for g, r in zip(mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out), ref[1:]):
         _close(g, r, dtype)
 
 
@@ -143,7 +143,7 @@ def test_shapes(index_dtype, D, P, levels):
     grad_out = _grad_out(1, 3, 2 * D, dtype)
     ref = _oracle(v, ss, lsi, loc, attn, grad_out)
     _close(mt.ms_deform_attn(v, ss, lsi, loc, attn), ref[0], dtype)
-    for g, r in zip(mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn), ref[1:]):
+    for g, r in zip(mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out), ref[1:]):
         _close(g, r, dtype)
 
 
@@ -155,7 +155,7 @@ def test_empty_batch_and_queries(B, Q):
     for deterministic in (False, True):
         mt.set_deterministic(deterministic)
         try:
-            gv, gl, ga = mt.ms_deform_attn_backward(torch.zeros_like(out), v, ss, lsi, loc, attn)
+            gv, gl, ga = mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, torch.zeros_like(out))
         finally:
             mt.set_deterministic(None)
         assert gv.shape == v.shape and bool((gv == 0).all())
@@ -177,7 +177,7 @@ def test_points_off_the_map_and_non_finite_locations():
     out = mt.ms_deform_attn(v, ss, lsi, loc, attn)
     assert bool(torch.isfinite(out).all())
     assert bool((out[0, 0] == 0).all())  # Every point of query 0 contributes nothing.
-    gv, gl, ga = mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn)
+    gv, gl, ga = mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out)
     assert bool((gl[0, 0] == 0).all()) and bool((ga[0, 0] == 0).all())
     assert gl[0, 1].abs().sum() == 0 and ga[0, 1].abs().sum() == 0
     finite = torch.nan_to_num(loc, nan=-5.0, posinf=-5.0, neginf=-5.0)
@@ -193,7 +193,8 @@ def test_each_gradient_alone_and_together(needs):
     v, ss, lsi, loc, attn = _inputs(torch.float32, B=1, Q=5, H=2, D=4, P=2, safe=True)
     grad_out = _grad_out(1, 5, 8, torch.float32)
     ref = _oracle(v, ss, lsi, loc, attn, grad_out)
-    grads = mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn, *needs)
+    grads = mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out, need_value=needs[0],
+                                       need_locations=needs[1], need_weights=needs[2])
     for g, need, r in zip(grads, needs, ref[1:]):
         if need:
             _close(g, r, torch.float32)
@@ -208,8 +209,8 @@ def test_deterministic_mode_is_bitwise_repeatable():
     mt.set_deterministic(True)
     try:
         assert mt.is_deterministic()
-        first = mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn)
-        second = mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn)
+        first = mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out)
+        second = mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out)
     finally:
         mt.set_deterministic(None)
     for a, b in zip(first, second):
@@ -220,7 +221,7 @@ def test_deterministic_mode_is_bitwise_repeatable():
     torch.use_deterministic_algorithms(True)
     try:
         assert mt.is_deterministic()
-        third = mt.ms_deform_attn_backward(grad_out, v, ss, lsi, loc, attn)
+        third = mt.ms_deform_attn_backward(v, ss, lsi, loc, attn, grad_out)
     finally:
         torch.use_deterministic_algorithms(False)
     assert torch.equal(third[0], first[0])
@@ -244,9 +245,9 @@ def test_backward_refusals_match_the_cpu_op():
     a = base()
     for g in (torch.zeros(2, 3, 6), torch.zeros(2, 3, 8, dtype=torch.float64), torch.zeros(2, 3)):
         with pytest.raises((TypeError, ValueError)) as cpu:
-            msda.ms_deform_attn_backward(g, *[a[n] for n in NAMES])
+            msda.ms_deform_attn_backward(*[a[n] for n in NAMES], g)
         with pytest.raises(type(cpu.value)) as tri:
-            mt.ms_deform_attn_backward(g, *[a[n] for n in NAMES])
+            mt.ms_deform_attn_backward(*[a[n] for n in NAMES], g)
         assert str(tri.value) == str(cpu.value)
 
 

@@ -7,8 +7,8 @@ whatever device the tensors are on:
 
 * ``ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
   attention_weights)``: differentiable, as ``msda.ms_deform_attn``;
-* ``ms_deform_attn_backward(grad_output, value, ..., need_value, need_locations,
-  need_weights)``: as ``msda.ms_deform_attn_backward``.
+* ``ms_deform_attn_backward(value, ..., attention_weights, grad_output, *, need_value,
+  need_locations, need_weights)``: as ``msda.ms_deform_attn_backward``.
 
 The backward adds grad_value with fp32 (fp64) atomic adds, whose order, and so whose last
 bits, change from run to run. The deterministic mode sums each grad_value element in a fixed
@@ -96,12 +96,13 @@ def ms_deform_attn(
 
 
 def ms_deform_attn_backward(
-    grad_output: Tensor,
     value: Tensor,
     spatial_shapes: Tensor,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    grad_output: Tensor,
+    *,
     need_value: bool = True,
     need_locations: bool = True,
     need_weights: bool = True,
