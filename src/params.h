@@ -8,15 +8,29 @@
 
 namespace msda {
 
+// Strides in elements, named by dimension (FlashAttention's q_batch_stride style).
+struct ValueStrides {  // value and grad_value: [batch, keys, heads, dims]
+  int64_t batch = 0, key = 0, head = 0, dim = 0;
+};
+struct WeightStrides {  // attention weights and gradient: [batch, queries, heads, levels, points]
+  int64_t batch = 0, query = 0, head = 0, level = 0, point = 0;
+};
+struct LocationStrides {  // sampling locations and gradient: [..., levels, points, 2]
+  int64_t batch = 0, query = 0, head = 0, level = 0, point = 0, xy = 0;
+};
+struct RowStrides {  // output and grad_output: [batch, queries, heads * dims]
+  int64_t batch = 0, query = 0, channel = 0;
+};
+
 struct Strides {
-  int64_t value_stride[4] = {};      // [batch, keys, heads, dims]
-  int64_t loc_stride[6] = {};        // [batch, queries, heads, levels, points, 2]
-  int64_t attn_stride[5] = {};       // [batch, queries, heads, levels, points]
-  int64_t out_stride[3] = {};        // [batch, queries, heads * dims]
-  int64_t grad_out_stride[3] = {};   // [batch, queries, heads * dims]
-  int64_t grad_value_stride[4] = {};  // like value
-  int64_t grad_loc_stride[6] = {};   // like loc
-  int64_t grad_attn_stride[5] = {};  // like attn
+  ValueStrides value_strides;
+  LocationStrides loc_strides;
+  WeightStrides attn_strides;
+  RowStrides out_strides;
+  RowStrides grad_out_strides;
+  ValueStrides grad_value_strides;
+  LocationStrides grad_loc_strides;
+  WeightStrides grad_attn_strides;
 };
 
 struct Params : Strides {

@@ -158,7 +158,7 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
 // the forward's attention weights.
 bool SimdGeometryApplies(const Problem& p, const Strides& st) {
   if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
-  if (st.loc_stride[5] != 1 || st.loc_stride[4] != 2 || st.loc_stride[3] != 2 * p.points) {
+  if (st.loc_strides.xy != 1 || st.loc_strides.point != 2 || st.loc_strides.level != 2 * p.points) {
     return false;
   }
   if (p.keys >= (int64_t{1} << 31) - 1) return false;
@@ -212,15 +212,16 @@ void RowMajor(const std::vector<int64_t>& dims, int64_t* strides) {
 Strides ContiguousStrides(const Problem& p) {
   const int64_t B = p.batch, K = p.keys, H = p.heads, D = p.dims, Q = p.queries,
                 L = p.num_levels(), P = p.points;
+  int64_t v[4], l[6], a[5], r[3];
+  RowMajor({B, K, H, D}, v);
+  RowMajor({B, Q, H, L, P, 2}, l);
+  RowMajor({B, Q, H, L, P}, a);
+  RowMajor({B, Q, H * D}, r);
   Strides st;
-  RowMajor({B, K, H, D}, st.value_stride);
-  RowMajor({B, Q, H, L, P, 2}, st.loc_stride);
-  RowMajor({B, Q, H, L, P}, st.attn_stride);
-  RowMajor({B, Q, H * D}, st.out_stride);
-  RowMajor({B, Q, H * D}, st.grad_out_stride);
-  RowMajor({B, K, H, D}, st.grad_value_stride);
-  RowMajor({B, Q, H, L, P, 2}, st.grad_loc_stride);
-  RowMajor({B, Q, H, L, P}, st.grad_attn_stride);
+  st.value_strides = st.grad_value_strides = ValueStrides{v[0], v[1], v[2], v[3]};
+  st.loc_strides = st.grad_loc_strides = LocationStrides{l[0], l[1], l[2], l[3], l[4], l[5]};
+  st.attn_strides = st.grad_attn_strides = WeightStrides{a[0], a[1], a[2], a[3], a[4]};
+  st.out_strides = st.grad_out_strides = RowStrides{r[0], r[1], r[2]};
   return st;
 }
 
@@ -234,8 +235,8 @@ bool MakeForwardPlan(const Problem& p, const Strides& st, const Machine& machine
   *plan = Plan();
   plan->direction = Direction::kForward;
   plan->acc_bytes = AccBytes(p);
-  plan->flat_rows = st.out_stride[2] == 1;
-  PlanGeometry(p, st, st.attn_stride[4] == 1 && st.attn_stride[3] == p.points, plan);
+  plan->flat_rows = st.out_strides.channel == 1;
+  PlanGeometry(p, st, st.attn_strides.point == 1 && st.attn_strides.level == p.points, plan);
   const int threads = std::max(1, machine.num_threads);
   // No batch item: nothing is read or written, so no tiles, scratch or workspace (with every
   // tensor empty, no tensor size bounds the other dims).
@@ -298,17 +299,18 @@ bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machin
   BackwardPlan& b = plan->backward;
   b.grads = grads;
   b.entry_bytes = BackwardEntryBytes(plan->acc_bytes);
-  plan->flat_rows = st.grad_out_stride[2] == 1;
+  plan->flat_rows = st.grad_out_strides.channel == 1;
   PlanGeometry(p, st, true, plan);
-  const int64_t* gv = st.grad_value_stride;
+  const ValueStrides& gv = st.grad_value_strides;
   b.grad_value_in_place = grads.value &&
                           (p.value_dtype == MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) &&
-                          gv[3] == 1 && (p.heads == 1 || gv[1] == p.heads * gv[2]);
-  const int64_t *ga = st.grad_attn_stride, *gl = st.grad_loc_stride;
+                          gv.dim == 1 && (p.heads == 1 || gv.key == p.heads * gv.head);
+  const WeightStrides& ga = st.grad_attn_strides;
+  const LocationStrides& gl = st.grad_loc_strides;
   b.flat_point_grads =
       p.value_dtype == MSDA_FLOAT32 && p.loc_dtype == MSDA_FLOAT32 &&
-      (!grads.weights || (ga[4] == 1 && ga[3] == p.points)) &&
-      (!grads.locations || (gl[5] == 1 && gl[4] == 2 && gl[3] == 2 * p.points));
+      (!grads.weights || (ga.point == 1 && ga.level == p.points)) &&
+      (!grads.locations || (gl.xy == 1 && gl.point == 2 && gl.level == 2 * p.points));
   // No batch item: no gradient element to write (see MakeForwardPlan).
   if (p.batch == 0) return true;
 

@@ -309,18 +309,30 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
   return ReadLevels(*call.spatial_shapes, *call.level_start_index, p->keys, &p->levels);
 }
 
-template <size_t N>
-void CopyStrides(const msdaTensor& t, int64_t (&strides)[N]) {
-  for (size_t i = 0; i < N; ++i) strides[i] = t.strides[i];
+void CopyStrides(const msdaTensor& t, ValueStrides* st) {
+  const int64_t* s = t.strides.data();
+  *st = ValueStrides{s[0], s[1], s[2], s[3]};
+}
+void CopyStrides(const msdaTensor& t, LocationStrides* st) {
+  const int64_t* s = t.strides.data();
+  *st = LocationStrides{s[0], s[1], s[2], s[3], s[4], s[5]};
+}
+void CopyStrides(const msdaTensor& t, WeightStrides* st) {
+  const int64_t* s = t.strides.data();
+  *st = WeightStrides{s[0], s[1], s[2], s[3], s[4]};
+}
+void CopyStrides(const msdaTensor& t, RowStrides* st) {
+  const int64_t* s = t.strides.data();
+  *st = RowStrides{s[0], s[1], s[2]};
 }
 
 void BindInputs(const CallTensors& call, Params* params) {
   params->value = BasePointer(*call.value);
-  CopyStrides(*call.value, params->value_stride);
+  CopyStrides(*call.value, &params->value_strides);
   params->loc = BasePointer(*call.sampling_locations);
-  CopyStrides(*call.sampling_locations, params->loc_stride);
+  CopyStrides(*call.sampling_locations, &params->loc_strides);
   params->attn = BasePointer(*call.attention_weights);
-  CopyStrides(*call.attention_weights, params->attn_stride);
+  CopyStrides(*call.attention_weights, &params->attn_strides);
 }
 
 }  // namespace
@@ -330,7 +342,7 @@ msdaStatus ValidateForward(const CallTensors& call, Problem* problem, Params* pa
   *params = Params();
   BindInputs(call, params);
   params->out = BasePointer(*call.output);
-  CopyStrides(*call.output, params->out_stride);
+  CopyStrides(*call.output, &params->out_strides);
   return MSDA_SUCCESS;
 }
 
@@ -349,21 +361,21 @@ msdaStatus ValidateBackward(const CallTensors& call, Problem* problem, Params* p
   *params = Params();
   BindInputs(call, params);
   params->grad_out = BasePointer(*call.grad_output);
-  CopyStrides(*call.grad_output, params->grad_out_stride);
+  CopyStrides(*call.grad_output, &params->grad_out_strides);
   grads->value = call.grad_value != nullptr;
   grads->locations = call.grad_sampling_locations != nullptr;
   grads->weights = call.grad_attention_weights != nullptr;
   if (grads->value) {
     params->grad_value = BasePointer(*call.grad_value);
-    CopyStrides(*call.grad_value, params->grad_value_stride);
+    CopyStrides(*call.grad_value, &params->grad_value_strides);
   }
   if (grads->locations) {
     params->grad_loc = BasePointer(*call.grad_sampling_locations);
-    CopyStrides(*call.grad_sampling_locations, params->grad_loc_stride);
+    CopyStrides(*call.grad_sampling_locations, &params->grad_loc_strides);
   }
   if (grads->weights) {
     params->grad_attn = BasePointer(*call.grad_attention_weights);
-    CopyStrides(*call.grad_attention_weights, params->grad_attn_stride);
+    CopyStrides(*call.grad_attention_weights, &params->grad_attn_strides);
   }
   return MSDA_SUCCESS;
 }

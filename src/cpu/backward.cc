@@ -82,23 +82,24 @@ struct BackwardKernel {
   // in the workspace, or grad_value itself when it is stored in the accumulation type.
   Acc* AccumRow(int64_t b, int64_t index) const {
     if (bp().grad_value_in_place) {
-      const int64_t* st = prm.grad_value_stride;
-      return static_cast<Acc*>(prm.grad_value) + b * st[0] + index * (p.heads == 1 ? st[1] : st[2]);
+      const ValueStrides& st = prm.grad_value_strides;
+      return static_cast<Acc*>(prm.grad_value) + b * st.batch +
+             index * (p.heads == 1 ? st.key : st.head);
     }
     return reinterpret_cast<Acc*>(workspace + bp().accum_offset) + index * p.dims;
   }
 
   const L* LocAt(int64_t b, int64_t q, int64_t h, int64_t l) const {
-    return static_cast<const L*>(prm.loc) + b * prm.loc_stride[0] + q * prm.loc_stride[1] +
-           h * prm.loc_stride[2] + l * prm.loc_stride[3];
+    return static_cast<const L*>(prm.loc) + b * prm.loc_strides.batch + q * prm.loc_strides.query +
+           h * prm.loc_strides.head + l * prm.loc_strides.level;
   }
   const T* AttnAt(int64_t b, int64_t q, int64_t h, int64_t l) const {
-    return static_cast<const T*>(prm.attn) + b * prm.attn_stride[0] + q * prm.attn_stride[1] +
-           h * prm.attn_stride[2] + l * prm.attn_stride[3];
+    return static_cast<const T*>(prm.attn) + b * prm.attn_strides.batch + q * prm.attn_strides.query +
+           h * prm.attn_strides.head + l * prm.attn_strides.level;
   }
   PointGeometry<Acc> Point(int64_t b, int64_t q, int64_t h, int64_t l, int64_t pt) const {
-    const L* xy = LocAt(b, q, h, l) + pt * prm.loc_stride[4];
-    return Locate<Acc>(p.levels[l], Load<Acc>(xy), Load<Acc>(xy + prm.loc_stride[5]));
+    const L* xy = LocAt(b, q, h, l) + pt * prm.loc_strides.point;
+    return Locate<Acc>(p.levels[l], Load<Acc>(xy), Load<Acc>(xy + prm.loc_strides.xy));
   }
 
   // Where the grad_value contributions of a (query, head) go: entries at the counting sort's
@@ -255,13 +256,13 @@ struct BackwardKernel {
     const int64_t key_stride = rows.key_stride;
     const int64_t dim_stride = rows.dim_stride;
     {
-      const T* g_src = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
-                       q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2];
+      const T* g_src = static_cast<const T*>(prm.grad_out) + b * prm.grad_out_strides.batch +
+                       q * prm.grad_out_strides.query + h * p.dims * prm.grad_out_strides.channel;
       if (plan.flat_rows) {
         WidenRow<T, Acc>(g_src, p.dims, g_row);
       } else {
         for (int64_t d = 0; d < p.dims; ++d) {
-          g_row[d] = Load<Acc>(g_src + d * prm.grad_out_stride[2]);
+          g_row[d] = Load<Acc>(g_src + d * prm.grad_out_strides.channel);
         }
       }
       if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
@@ -277,7 +278,7 @@ struct BackwardKernel {
           const PointGeometry<Acc> g = Point(b, q, h, l, pt);
           Acc grad_x = 0, grad_y = 0, grad_a = 0;
           if (g.inside) {
-            const Acc a = Load<Acc>(attn + pt * prm.attn_stride[4]);
+            const Acc a = Load<Acc>(attn + pt * prm.attn_strides.point);
             Acc dot[4] = {0, 0, 0, 0};  // grad_output . corner row
             for (int c = 0; c < 4; ++c) {
               if (g.row[c] < 0) continue;
@@ -453,7 +454,7 @@ struct BackwardKernel {
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const T* a = AttnAt(b, q, h, l);
       for (int64_t pt = 0; pt < p.points; ++pt) {
-        attn[l * p.points + pt] = Load<float>(a + pt * prm.attn_stride[4]);
+        attn[l * p.points + pt] = Load<float>(a + pt * prm.attn_strides.point);
       }
     }
     for (int64_t i = 0; i < num_points; i += n) {  // Rows are padded to whole vectors.
@@ -545,15 +546,15 @@ struct BackwardKernel {
     const int64_t n = static_cast<int64_t>(hn::Lanes(d));
     int64_t done = 0;  // Points written as vectors.
     if constexpr (std::is_same<T, float>::value && std::is_same<L, float>::value) {
-      const int64_t* sa = prm.grad_attn_stride;
-      const int64_t* sl = prm.grad_loc_stride;
+      const WeightStrides& sa = prm.grad_attn_strides;
+      const LocationStrides& sl = prm.grad_loc_strides;
       if (bp().flat_point_grads) {
         float* ga = prm.grad_attn == nullptr
                         ? nullptr
-                        : static_cast<float*>(prm.grad_attn) + b * sa[0] + q * sa[1] + h * sa[2];
+                        : static_cast<float*>(prm.grad_attn) + b * sa.batch + q * sa.query + h * sa.head;
         float* gl = prm.grad_loc == nullptr
                         ? nullptr
-                        : static_cast<float*>(prm.grad_loc) + b * sl[0] + q * sl[1] + h * sl[2];
+                        : static_cast<float*>(prm.grad_loc) + b * sl.batch + q * sl.query + h * sl.head;
         for (; done + n <= num_points; done += n) {
           if (ga != nullptr) hn::StoreU(hn::LoadU(d, grad_a + done), d, ga + done);
           if (gl != nullptr) {
@@ -578,23 +579,23 @@ struct BackwardKernel {
   void StorePointGradients(int64_t b, int64_t q, int64_t h, int64_t l, int64_t pt, Acc grad_x,
                            Acc grad_y, Acc grad_a) const {
     if (prm.grad_attn != nullptr) {
-      T* ga = static_cast<T*>(prm.grad_attn) + b * prm.grad_attn_stride[0] +
-              q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2] +
-              l * prm.grad_attn_stride[3] + pt * prm.grad_attn_stride[4];
+      T* ga = static_cast<T*>(prm.grad_attn) + b * prm.grad_attn_strides.batch +
+              q * prm.grad_attn_strides.query + h * prm.grad_attn_strides.head +
+              l * prm.grad_attn_strides.level + pt * prm.grad_attn_strides.point;
       Store<Acc>(ga, grad_a);
     }
     if (prm.grad_loc != nullptr) {
-      L* gl = static_cast<L*>(prm.grad_loc) + b * prm.grad_loc_stride[0] +
-              q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2] + l * prm.grad_loc_stride[3] +
-              pt * prm.grad_loc_stride[4];
+      L* gl = static_cast<L*>(prm.grad_loc) + b * prm.grad_loc_strides.batch +
+              q * prm.grad_loc_strides.query + h * prm.grad_loc_strides.head + l * prm.grad_loc_strides.level +
+              pt * prm.grad_loc_strides.point;
       Store<Acc>(gl, grad_x);
-      Store<Acc>(gl + prm.grad_loc_stride[5], grad_y);
+      Store<Acc>(gl + prm.grad_loc_strides.xy, grad_y);
     }
   }
 
   // One accumulator row of dims to a row of grad_value (its dims stride from the caller).
   void WriteGradValueRow(const Acc* src, T* dst) const {
-    const int64_t stride = prm.grad_value_stride[3];
+    const int64_t stride = prm.grad_value_strides.dim;
     if (stride == 1) {
       NarrowRow<T, Acc>(src, p.dims, dst);
     } else {
@@ -636,11 +637,11 @@ struct BackwardKernel {
       }
     }
     if (!last_pass || bp().grad_value_in_place) return;
-    T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_stride[0];
+    T* grad_value = static_cast<T*>(prm.grad_value) + b * prm.grad_value_strides.batch;
     for (int64_t r = row_begin; r < row_end; ++r) {
       for (int64_t h = 0; h < heads; ++h) {
         WriteGradValueRow(AccumRow(b, r * heads + h),
-                          grad_value + r * prm.grad_value_stride[1] + h * prm.grad_value_stride[2]);
+                          grad_value + r * prm.grad_value_strides.key + h * prm.grad_value_strides.head);
       }
     }
   }
@@ -705,17 +706,17 @@ struct BackwardKernel {
     const int64_t attn_bytes = points * int64_t{sizeof(T)};
     PrefetchSpan(LocAt(b, q, h, 0), loc_bytes);
     PrefetchSpan(AttnAt(b, q, h, 0), attn_bytes);
-    PrefetchSpan(static_cast<const T*>(prm.grad_out) + b * prm.grad_out_stride[0] +
-                     q * prm.grad_out_stride[1] + h * p.dims * prm.grad_out_stride[2],
+    PrefetchSpan(static_cast<const T*>(prm.grad_out) + b * prm.grad_out_strides.batch +
+                     q * prm.grad_out_strides.query + h * p.dims * prm.grad_out_strides.channel,
                  p.dims * int64_t{sizeof(T)});
     if (prm.grad_loc != nullptr) {
-      PrefetchSpan(static_cast<const L*>(prm.grad_loc) + b * prm.grad_loc_stride[0] +
-                       q * prm.grad_loc_stride[1] + h * prm.grad_loc_stride[2],
+      PrefetchSpan(static_cast<const L*>(prm.grad_loc) + b * prm.grad_loc_strides.batch +
+                       q * prm.grad_loc_strides.query + h * prm.grad_loc_strides.head,
                    loc_bytes);
     }
     if (prm.grad_attn != nullptr) {
-      PrefetchSpan(static_cast<const T*>(prm.grad_attn) + b * prm.grad_attn_stride[0] +
-                       q * prm.grad_attn_stride[1] + h * prm.grad_attn_stride[2],
+      PrefetchSpan(static_cast<const T*>(prm.grad_attn) + b * prm.grad_attn_strides.batch +
+                       q * prm.grad_attn_strides.query + h * prm.grad_attn_strides.head,
                    attn_bytes);
     }
   }
@@ -753,10 +754,10 @@ struct BackwardKernel {
         if (q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
         PointsOfHead(b, q, h, 0, g_row, sink, rows, worker);
       }
-      const int64_t* st = prm.grad_value_stride;
-      T* grad_value = static_cast<T*>(prm.grad_value) + b * st[0] + h * st[2];
+      const ValueStrides& st = prm.grad_value_strides;
+      T* grad_value = static_cast<T*>(prm.grad_value) + b * st.batch + h * st.head;
       for (int64_t k = 0; k < p.keys; ++k) {
-        WriteGradValueRow(sink.rows + k * sink.row_stride, grad_value + k * st[1]);
+        WriteGradValueRow(sink.rows + k * sink.row_stride, grad_value + k * st.key);
       }
     });
   }

@@ -119,14 +119,14 @@ struct ForwardKernel {
   static constexpr int64_t kQueriesAhead = 6;
   void PrefetchQuery(int64_t batch, int64_t q, int64_t head) const {
     const int64_t points = p.num_levels() * p.points;
-    PrefetchSpan(static_cast<const L*>(prm.loc) + batch * prm.loc_stride[0] +
-                     q * prm.loc_stride[1] + head * prm.loc_stride[2],
+    PrefetchSpan(static_cast<const L*>(prm.loc) + batch * prm.loc_strides.batch +
+                     q * prm.loc_strides.query + head * prm.loc_strides.head,
                  2 * points * int64_t{sizeof(L)});
-    PrefetchSpan(static_cast<const T*>(prm.attn) + batch * prm.attn_stride[0] +
-                     q * prm.attn_stride[1] + head * prm.attn_stride[2],
+    PrefetchSpan(static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
+                     q * prm.attn_strides.query + head * prm.attn_strides.head,
                  points * int64_t{sizeof(T)});
-    PrefetchSpan(static_cast<const T*>(prm.out) + batch * prm.out_stride[0] +
-                     q * prm.out_stride[1] + head * p.dims * prm.out_stride[2],
+    PrefetchSpan(static_cast<const T*>(prm.out) + batch * prm.out_strides.batch +
+                     q * prm.out_strides.query + head * p.dims * prm.out_strides.channel,
                  p.dims * int64_t{sizeof(T)});
   }
 
@@ -135,10 +135,10 @@ struct ForwardKernel {
   int64_t BuildCornerList(int64_t batch, int64_t q, int64_t head, char* scratch, int32_t* kept_rows,
                           float* weights) const {
     const ScratchLayout& s = plan.scratch;
-    const float* loc = static_cast<const float*>(prm.loc) + batch * prm.loc_stride[0] +
-                       q * prm.loc_stride[1] + head * prm.loc_stride[2];
-    const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_stride[0] +
-                    q * prm.attn_stride[1] + head * prm.attn_stride[2];
+    const float* loc = static_cast<const float*>(prm.loc) + batch * prm.loc_strides.batch +
+                       q * prm.loc_strides.query + head * prm.loc_strides.head;
+    const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
+                    q * prm.attn_strides.query + head * prm.attn_strides.head;
     const int64_t stride = (p.num_levels() * p.points + 63) / 64 * 64;
     int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
     float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
@@ -205,22 +205,22 @@ struct ForwardKernel {
     const T* value = ValueOf(batch, head);
     const int64_t key_stride = KeyStride();
     const int64_t dim_stride = DimStride();
-    const L* loc = static_cast<const L*>(prm.loc) + batch * prm.loc_stride[0] +
-                   q * prm.loc_stride[1] + head * prm.loc_stride[2];
-    const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_stride[0] +
-                    q * prm.attn_stride[1] + head * prm.attn_stride[2];
+    const L* loc = static_cast<const L*>(prm.loc) + batch * prm.loc_strides.batch +
+                   q * prm.loc_strides.query + head * prm.loc_strides.head;
+    const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
+                    q * prm.attn_strides.query + head * prm.attn_strides.head;
     T* out = static_cast<T*>(prm.out);
     int64_t count = 0;
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const Level& level = p.levels[l];
-      const L* loc_lp = loc + l * prm.loc_stride[3];
-      const T* attn_lp = attn + l * prm.attn_stride[3];
+      const L* loc_lp = loc + l * prm.loc_strides.level;
+      const T* attn_lp = attn + l * prm.attn_strides.level;
       for (int64_t pt = 0; pt < p.points; ++pt) {
-        const Acc x = Load<Acc>(loc_lp + pt * prm.loc_stride[4]);
-        const Acc y = Load<Acc>(loc_lp + pt * prm.loc_stride[4] + prm.loc_stride[5]);
+        const Acc x = Load<Acc>(loc_lp + pt * prm.loc_strides.point);
+        const Acc y = Load<Acc>(loc_lp + pt * prm.loc_strides.point + prm.loc_strides.xy);
         const PointGeometry<Acc> g = Locate<Acc>(level, x, y);
         if (!g.inside) continue;
-        const Acc a = Load<Acc>(attn_lp + pt * prm.attn_stride[4]);
+        const Acc a = Load<Acc>(attn_lp + pt * prm.attn_strides.point);
         for (int c = 0; c < 4; ++c) {
           if (g.row[c] < 0) continue;
           offsets[count] = g.row[c] * key_stride;
@@ -248,11 +248,11 @@ struct ForwardKernel {
 
   void Write(T* out, int64_t batch, int64_t q, int64_t head, const Acc* acc) const {
     T* out_q =
-        out + batch * prm.out_stride[0] + q * prm.out_stride[1] + head * p.dims * prm.out_stride[2];
+        out + batch * prm.out_strides.batch + q * prm.out_strides.query + head * p.dims * prm.out_strides.channel;
     if (plan.flat_rows) {
       NarrowRow<T, Acc>(acc, p.dims, out_q);
     } else {
-      for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(out_q + d * prm.out_stride[2], acc[d]);
+      for (int64_t d = 0; d < p.dims; ++d) Store<Acc>(out_q + d * prm.out_strides.channel, acc[d]);
     }
   }
 };

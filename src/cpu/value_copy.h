@@ -47,11 +47,11 @@ struct ValueRows {
   // [keys, dims] of one (batch, head).
   const T* Of(int64_t batch, int64_t head) const {
     if (copy != nullptr) return copy + head * p.keys * p.dims;
-    return static_cast<const T*>(prm.value) + batch * prm.value_stride[0] +
-           head * prm.value_stride[2];
+    return static_cast<const T*>(prm.value) + batch * prm.value_strides.batch +
+           head * prm.value_strides.head;
   }
-  int64_t KeyStride() const { return copy != nullptr ? p.dims : prm.value_stride[1]; }
-  int64_t DimStride() const { return copy != nullptr ? 1 : prm.value_stride[3]; }
+  int64_t KeyStride() const { return copy != nullptr ? p.dims : prm.value_strides.key; }
+  int64_t DimStride() const { return copy != nullptr ? 1 : prm.value_strides.dim; }
 };
 
 // dst[d] = src[d * dim_stride], d < dims: one value row into contiguous storage.
@@ -69,11 +69,11 @@ void CopyRow(const T* src, int64_t dim_stride, int64_t dims, T* dst) {
 template <typename T>
 void CopyHeadMajor(const Problem& p, const Params& prm, int64_t batch, int64_t k_begin,
                    int64_t k_end, T* copy) {
-  const T* value = static_cast<const T*>(prm.value) + batch * prm.value_stride[0];
+  const T* value = static_cast<const T*>(prm.value) + batch * prm.value_strides.batch;
   for (int64_t k = k_begin; k < k_end; ++k) {
     for (int64_t h = 0; h < p.heads; ++h) {
-      const T* src = value + k * prm.value_stride[1] + h * prm.value_stride[2];
-      CopyRow(src, prm.value_stride[3], p.dims, copy + (h * p.keys + k) * p.dims);
+      const T* src = value + k * prm.value_strides.key + h * prm.value_strides.head;
+      CopyRow(src, prm.value_strides.dim, p.dims, copy + (h * p.keys + k) * p.dims);
     }
   }
 }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 
 namespace msda {
@@ -47,7 +48,11 @@ Machine CountingSort(int threads, bool head_major_copy = true) {
 Strides Layout(const Problem& p, bool value_in_place) {
   Strides st = ContiguousStrides(p);
   if (!value_in_place) {
-    for (int64_t& s : st.grad_value_stride) s *= 2;
+    ValueStrides& gv = st.grad_value_strides;
+    for (int64_t* s : {&gv.batch, &gv.key, &gv.head, &gv.dim}) {
+      *s = *s > std::numeric_limits<int64_t>::max() / 2 ? std::numeric_limits<int64_t>::max()
+                                                          : 2 * *s;
+    }
   }
   return st;
 }
@@ -448,10 +453,10 @@ TEST(PlanPath, SimdGeometryNeedsFlatFp32LocationsAndInt32Rows) {
   q.value_dtype = MSDA_FLOAT64;
   EXPECT_FALSE(forward_simd(q, flat));  // fp64 arithmetic.
   Strides st = flat;
-  st.loc_stride[5] = 2;  // x and y apart.
+  st.loc_strides.xy = 2;  // x and y apart.
   EXPECT_FALSE(forward_simd(p, st));
   st = flat;
-  st.attn_stride[3] += 1;  // Levels of the weights apart: the forward only.
+  st.attn_strides.level += 1;  // Levels of the weights apart: the forward only.
   EXPECT_FALSE(forward_simd(p, st));
   ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
   EXPECT_TRUE(plan.simd_geometry);
@@ -474,8 +479,8 @@ TEST(PlanPath, RowsAndPointGradientsAreFlatWhenContiguous) {
   EXPECT_TRUE(plan.backward.flat_point_grads);
   EXPECT_TRUE(plan.backward.grad_value_in_place);
   EXPECT_NE(DescribePlan(p, plan).find("point gradients=flat"), std::string::npos);
-  st.out_stride[2] = 2;
-  st.grad_out_stride[2] = 2;
+  st.out_strides.channel = 2;
+  st.grad_out_strides.channel = 2;
   ASSERT_TRUE(MakeForwardPlan(p, st, Threads(2), &plan));
   EXPECT_FALSE(plan.flat_rows);
   ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
@@ -483,7 +488,7 @@ TEST(PlanPath, RowsAndPointGradientsAreFlatWhenContiguous) {
   EXPECT_NE(DescribePlan(p, plan).find("grad_output rows=strided"), std::string::npos);
   // A strided gradient of the weights: point by point, unless it is skipped.
   st = ContiguousStrides(p);
-  st.grad_attn_stride[4] = 3;
+  st.grad_attn_strides.point = 3;
   ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
   EXPECT_FALSE(plan.backward.flat_point_grads);
   GradientSet no_weights;
@@ -498,7 +503,7 @@ TEST(PlanPath, RowsAndPointGradientsAreFlatWhenContiguous) {
   EXPECT_FALSE(plan.backward.grad_value_in_place);  // Not stored in the accumulation type.
   // grad_value in place needs rows of dims contiguous and keys and heads flattening.
   st = ContiguousStrides(p);
-  st.grad_value_stride[1] += 1;
+  st.grad_value_strides.key += 1;
   ASSERT_TRUE(MakeBackwardPlan(p, st, Threads(2), GradientSet{}, &plan));
   EXPECT_FALSE(plan.backward.grad_value_in_place);
   EXPECT_NE(DescribePlan(p, plan).find("accumulated in the workspace"), std::string::npos);
