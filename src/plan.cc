@@ -141,7 +141,7 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
   }
 
   b.by_head = true;
-  b.head_copy = copy;
+  b.interleaved_rows = copy;
   b.head_workers = static_cast<int>(workers);
   b.head_buffer_bytes = buffer.size();
   b.head_row_bytes = row_bytes;
@@ -438,11 +438,11 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
       std::snprintf(buf, sizeof(buf),
                     "  grads: value=%d locations=%d weights=%d\n"
                     "  by_head=1: tasks=(batch, head) %lld, workers=%d, buffers at %lld of %lld "
-                    "B (rows of %lld B: accumulator, then value if head_copy=%d)\n",
+                    "B (rows of %lld B: accumulator, then value if interleaved_rows=%d)\n",
                     b.grads.value, b.grads.locations, b.grads.weights,
                     (long long)(p.batch * p.heads), b.head_workers,
                     (long long)b.head_buffers_offset, (long long)b.head_buffer_bytes,
-                    (long long)b.head_row_bytes, b.head_copy ? 1 : 0);
+                    (long long)b.head_row_bytes, b.interleaved_rows ? 1 : 0);
       s += buf;
       return s;
     }

@@ -84,7 +84,7 @@ struct ForwardPlan {
 // corner) ascending, as from the counting sort, so the two modes give bitwise the same
 // results and the choice between them may depend on the thread count. No contribution
 // is stored: the mode saves the sort's memory traffic (encoder, one thread: 180 -> ~90 ms).
-// With head_copy each task first copies its head's value rows into its buffer, each next to
+// With interleaved_rows each task first copies its head's value rows into its buffer, each next to
 // the key's accumulator row (the forward's head-major reasoning: one head's rows sit heads *
 // dims apart otherwise; and a point's dot products and contributions then touch the same
 // few cache lines per corner).
@@ -97,11 +97,11 @@ struct BackwardPlan {
   // contiguous over (level, point) within a (batch, query, head): written as vectors.
   bool flat_point_grads = false;
   bool by_head = false;
-  bool head_copy = false;           // By-head tasks read a contiguous copy of their head's rows.
+  bool interleaved_rows = false;           // By-head tasks read a contiguous copy of their head's rows.
   int head_workers = 0;             // Threads that run by-head tasks, one buffer each.
   int64_t head_buffers_offset = 0;  // head_workers buffers of head_buffer_bytes, each keys
   int64_t head_buffer_bytes = 0;    // rows of head_row_bytes: acc [dims], the accumulator row,
-  int64_t head_row_bytes = 0;       // then (head_copy) T [dims], the key's value row.
+  int64_t head_row_bytes = 0;       // then (interleaved_rows) T [dims], the key's value row.
   int64_t chunk_queries = 1;        // Queries per chunk (a task of passes A and B).
   int64_t pass_queries = 1;         // Queries per pass; bounds the contribution buffer.
   int64_t num_passes = 1;

@@ -22,8 +22,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/dispatch.h"
 #include "cpu/geometry-inl.h"
 #include "cpu/kernels.h"
+#include "cpu/prefetch.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
 #include "cpu/simd.h"
@@ -36,7 +38,7 @@ namespace msda {
 namespace cpu {
 namespace HWY_NAMESPACE {
 
-template <typename T, typename L, typename Acc>
+template <typename T, typename Loc, typename Acc>
 struct ForwardKernel {
   const Problem& p;
   const Params& prm;
@@ -59,7 +61,7 @@ struct ForwardKernel {
     const int64_t q_end = std::min(p.queries, q_begin + f.query_block);
     const int64_t h_begin = group * f.heads_per_tile;
     const int64_t h_end = std::min(p.heads, h_begin + f.heads_per_tile);
-    if constexpr (std::is_same<L, float>::value && std::is_same<Acc, float>::value) {
+    if constexpr (std::is_same<Loc, float>::value && std::is_same<Acc, float>::value) {
       if (levels != nullptr) {
         return RunTilePipelined(batch, q_begin, q_end, h_begin, h_end, thread_index);
       }
@@ -119,9 +121,9 @@ struct ForwardKernel {
   static constexpr int64_t kQueriesAhead = 6;
   void PrefetchQuery(int64_t batch, int64_t q, int64_t head) const {
     const int64_t points = p.num_levels() * p.points;
-    PrefetchSpan(static_cast<const L*>(prm.loc) + batch * prm.loc_strides.batch +
+    PrefetchSpan(static_cast<const Loc*>(prm.loc) + batch * prm.loc_strides.batch +
                      q * prm.loc_strides.query + head * prm.loc_strides.head,
-                 2 * points * int64_t{sizeof(L)});
+                 2 * points * int64_t{sizeof(Loc)});
     PrefetchSpan(static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
                      q * prm.attn_strides.query + head * prm.attn_strides.head,
                  points * int64_t{sizeof(T)});
@@ -205,7 +207,7 @@ struct ForwardKernel {
     const T* value = ValueOf(batch, head);
     const int64_t key_stride = KeyStride();
     const int64_t dim_stride = DimStride();
-    const L* loc = static_cast<const L*>(prm.loc) + batch * prm.loc_strides.batch +
+    const Loc* loc = static_cast<const Loc*>(prm.loc) + batch * prm.loc_strides.batch +
                    q * prm.loc_strides.query + head * prm.loc_strides.head;
     const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
                     q * prm.attn_strides.query + head * prm.attn_strides.head;
@@ -213,7 +215,7 @@ struct ForwardKernel {
     int64_t count = 0;
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const Level& level = p.levels[l];
-      const L* loc_lp = loc + l * prm.loc_strides.level;
+      const Loc* loc_lp = loc + l * prm.loc_strides.level;
       const T* attn_lp = attn + l * prm.attn_strides.level;
       for (int64_t pt = 0; pt < p.points; ++pt) {
         const Acc x = Load<Acc>(loc_lp + pt * prm.loc_strides.point);
@@ -262,12 +264,12 @@ void RunForwardTarget(const msdaExecutor& e, void* workspace) {
   if (e.problem.batch == 0 || e.problem.queries == 0) return;
   const ForwardPlan& f = e.plan.forward;
   char* ws = static_cast<char*>(workspace);
-  DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto l, auto acc) {
+  DispatchTypes(e.problem.value_dtype, e.problem.loc_dtype, [&](auto t, auto loc, auto acc) {
     using T = decltype(t);
-    using L = decltype(l);
+    using Loc = decltype(loc);
     using Acc = decltype(acc);
     T* copy = f.head_major ? reinterpret_cast<T*>(ws + f.value_copy_offset) : nullptr;
-    const ForwardKernel<T, L, Acc> kernel{e.problem,
+    const ForwardKernel<T, Loc, Acc> kernel{e.problem,
                                           e.params,
                                           e.plan,
                                           ws,

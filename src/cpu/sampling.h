@@ -90,41 +90,6 @@ inline Acc Dot(const Acc* __restrict g, const T* __restrict v, int64_t stride, i
   return lanes[0];
 }
 
-// Calls fn with the kernel's storage types for a problem's dtypes: value type T, location
-// type L and accumulation type Acc.
-template <typename Fn>
-void DispatchTypes(msdaDataType value_dtype, msdaDataType loc_dtype, Fn&& fn) {
-  const bool loc_f32 = loc_dtype == MSDA_FLOAT32;
-  switch (value_dtype) {
-    case MSDA_FLOAT32:
-      fn(float{}, float{}, float{});
-      return;
-    case MSDA_FLOAT64:
-      if (loc_f32) {
-        fn(double{}, float{}, double{});
-      } else {
-        fn(double{}, double{}, double{});
-      }
-      return;
-    case MSDA_FLOAT16:
-      if (loc_f32) {
-        fn(Half{}, float{}, float{});
-      } else {
-        fn(Half{}, Half{}, float{});
-      }
-      return;
-    case MSDA_BFLOAT16:
-      if (loc_f32) {
-        fn(BFloat16{}, float{}, float{});
-      } else {
-        fn(BFloat16{}, BFloat16{}, float{});
-      }
-      return;
-    default:
-      return;  // Refused by validation.
-  }
-}
-
 }  // namespace cpu
 }  // namespace msda
 

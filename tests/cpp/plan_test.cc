@@ -114,10 +114,10 @@ TEST(Plans, TheMachineCanTurnTheHeadMajorCopyOff) {
   // By head, the switch turns the per-task copy of a head's rows off.
   ASSERT_TRUE(Backward(Encoder(), Options(2, true), grads, &plan, true));
   EXPECT_TRUE(plan.backward.by_head);
-  EXPECT_TRUE(plan.backward.head_copy);
+  EXPECT_TRUE(plan.backward.interleaved_rows);
   ASSERT_TRUE(Backward(Encoder(), Options(2, false), grads, &plan, true));
   EXPECT_TRUE(plan.backward.by_head);
-  EXPECT_FALSE(plan.backward.head_copy);
+  EXPECT_FALSE(plan.backward.interleaved_rows);
 }
 
 TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
@@ -343,13 +343,13 @@ TEST(BackwardPlan, GoesByHeadWhenTheBatchAndHeadPairsKeepTheThreadsBusy) {
                 static_cast<uint64_t>(kWorkspaceBudgetBytes));
     }
     EXPECT_EQ(plan.num_threads, b.head_workers);
-    EXPECT_EQ(b.head_copy, c.heads > 1);  // 20197 queries: 64 corner rows per key.
+    EXPECT_EQ(b.interleaved_rows, c.heads > 1);  // 20197 queries: 64 corner rows per key.
     // Scratch, then one buffer per worker: per key the accumulator row, then the value row.
     EXPECT_EQ(b.head_buffers_offset % 64, 0);
     EXPECT_GE(b.head_buffers_offset, plan.num_threads * plan.scratch.bytes);
     EXPECT_EQ(b.head_buffer_bytes % 64, 0);
     EXPECT_EQ(b.head_row_bytes % 8, 0);
-    EXPECT_GE(b.head_row_bytes, p.dims * (b.head_copy ? 8 : 4));
+    EXPECT_GE(b.head_row_bytes, p.dims * (b.interleaved_rows ? 8 : 4));
     EXPECT_GE(b.head_buffer_bytes, p.keys * b.head_row_bytes);
     EXPECT_EQ(plan.workspace_bytes,
               static_cast<uint64_t>(b.head_buffers_offset + b.head_workers * b.head_buffer_bytes));
@@ -370,7 +370,7 @@ TEST(BackwardPlan, ByHeadCopiesAHeadsRowsOnlyWhenManyQueriesShareThem) {
   Plan plan;
   ASSERT_TRUE(Backward(p, Threads(2), GradientSet{}, &plan));
   EXPECT_TRUE(plan.backward.by_head);
-  EXPECT_FALSE(plan.backward.head_copy);
+  EXPECT_FALSE(plan.backward.interleaved_rows);
   EXPECT_EQ(plan.backward.head_row_bytes, p.dims * 4);
 }
 
