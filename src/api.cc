@@ -121,8 +121,6 @@ msdaStatus RunAndRelease(void* workspace, uint64_t workspace_size, msdaExecutor*
 
 }  // namespace
 
-
-
 }  // namespace msda
 
 using msda::Refuse;
@@ -130,7 +128,6 @@ using msda::Refuse;
 extern "C" {
 
 int32_t msdaGetVersion(void) { return MSDA_VERSION; }
-
 
 msdaStatus msdaForwardGetWorkspaceSize(const msdaTensor* value, const msdaTensor* spatialShapes,
                                        const msdaTensor* levelStartIndex,
@@ -226,7 +223,5 @@ msdaStatus msdaSetNumThreads(int32_t numThreads) {
 }
 
 int32_t msdaGetNumThreads(void) { return msda::ResolveNumThreads(); }
-
-
 
 }  // extern "C"

@@ -1,9 +1,10 @@
 // The thread-local last error (message and status), and the status names.
+#include "error.h"
+
 #include <cstdint>
 #include <cstring>
 #include <string>
 
-#include "error.h"
 #include "msda/msda.h"
 
 namespace msda {

@@ -1,5 +1,7 @@
 // The executor registry (a NULL, released or foreign executor is refused, never
 // dereferenced) and the C entry points that act on an executor outside a run.
+#include "executor.h"
+
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -8,7 +10,6 @@
 
 #include "cpu/simd.h"
 #include "error.h"
-#include "executor.h"
 #include "msda/msda.h"
 #include "plan.h"
 
@@ -67,7 +68,6 @@ msdaStatus msdaDestroyExecutor(msdaExecutor* executor) {
   }
   return MSDA_SUCCESS;
 }
-
 
 int64_t msdaExecutorDescribe(const msdaExecutor* executor, char* buffer, uint64_t bufferSize) {
   if (!msda::IsLiveExecutor(executor)) return -1;

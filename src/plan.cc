@@ -190,8 +190,7 @@ void FillPointLevels(const Problem& p, PointLevels* lv) {
 // Sets the plan's geometry path (simd_geometry, point_levels) for a call that samples
 // (batch and queries > 0); the forward also wants the attention weights flat.
 void PlanGeometry(const Problem& p, const Strides& st, bool attn_flat, Plan* plan) {
-  plan->simd_geometry =
-      p.batch > 0 && p.queries > 0 && attn_flat && SimdGeometryApplies(p, st);
+  plan->simd_geometry = p.batch > 0 && p.queries > 0 && attn_flat && SimdGeometryApplies(p, st);
   if (plan->simd_geometry) FillPointLevels(p, &plan->point_levels);
 }
 
@@ -210,8 +209,8 @@ void RowMajor(const std::vector<int64_t>& dims, int64_t* strides) {
 }  // namespace
 
 Strides ContiguousStrides(const Problem& p) {
-  const int64_t B = p.batch, K = p.keys, H = p.heads, D = p.dims, Q = p.queries,
-                L = p.num_levels(), P = p.points;
+  const int64_t B = p.batch, K = p.keys, H = p.heads, D = p.dims, Q = p.queries, L = p.num_levels(),
+                P = p.points;
   int64_t v[4], l[6], a[5], r[3];
   RowMajor({B, K, H, D}, v);
   RowMajor({B, Q, H, L, P, 2}, l);
@@ -256,8 +255,7 @@ bool MakeForwardPlan(const Problem& p, const Strides& st, const Machine& machine
     // One head per tile over a long run of queries: the band of the copy that a run of
     // queries samples is then one head's (about 0.5 MiB on the encoder, within L2) instead of
     // every head's. The run reads loc and attn and writes out in one head's slices, hundreds
-    // of bytes apart, which the kernel prefetches a few queries ahead (Plan::prefetch).
-    // Encoder: 42 -> 36 ms on one thread, 25 -> 18 ms on two; wide-batch 1.2-1.25x.
+    // of bytes apart, which the kernel prefetches a few queries ahead.
     f.heads_per_tile = 1;
     f.num_head_groups = p.heads;
     const int64_t blocks_per_row = CeilDiv(target_tiles, pairs);
@@ -409,8 +407,7 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
                 (long long)p.keys, (long long)p.heads, (long long)p.dims, (long long)p.queries,
                 (long long)p.num_levels(), (long long)p.points, plan.num_threads,
                 (long long)plan.acc_bytes, (long long)plan.scratch.bytes,
-                (unsigned long long)plan.workspace_bytes,
-                plan.simd_geometry ? "simd" : "scalar",
+                (unsigned long long)plan.workspace_bytes, plan.simd_geometry ? "simd" : "scalar",
                 plan.direction == Direction::kForward ? "output" : "grad_output",
                 plan.flat_rows ? "flat" : "strided");
   s += buf;
@@ -427,11 +424,13 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
     s += buf;
   } else {
     const BackwardPlan& b = plan.backward;
-    std::snprintf(buf, sizeof(buf),
-                  "  strategy=%s grad_value=%s point gradients=%s\n",
-                  !b.grads.value ? "no value gradient" : b.by_head ? "by head" : "counting sort",
-                  !b.grads.value ? "-" : b.grad_value_in_place ? "accumulated in place"
-                                                               : "accumulated in the workspace",
+    std::snprintf(buf, sizeof(buf), "  strategy=%s grad_value=%s point gradients=%s\n",
+                  !b.grads.value ? "no value gradient"
+                  : b.by_head    ? "by head"
+                                 : "counting sort",
+                  !b.grads.value          ? "-"
+                  : b.grad_value_in_place ? "accumulated in place"
+                                          : "accumulated in the workspace",
                   b.flat_point_grads ? "flat" : "strided");
     s += buf;
     if (b.by_head) {

@@ -47,7 +47,7 @@ struct GradientSet {
 // In the caller's [keys, heads, dims] layout one head's rows sit heads * dims elements apart,
 // a power-of-two stride in most models that maps the rows a head samples around a point onto
 // a few cache sets; in the copy they are contiguous and the neighbourhood a run of queries
-// samples stays cached (encoder shape, one thread: 66 -> 42 ms, copy included).
+// samples stays cached (docs/design.md; bench_msda under MSDA_HEAD_MAJOR=0 measures it).
 struct ForwardPlan {
   bool head_major = false;
   int64_t value_copy_offset = 0;  // The copy: T [heads][keys][dims], one batch item.
@@ -83,11 +83,11 @@ struct ForwardPlan {
 // grad_value. Every element gets the same additions in the same order, (query, level, point,
 // corner) ascending, as from the counting sort, so the two modes give bitwise the same
 // results and the choice between them may depend on the thread count. No contribution
-// is stored: the mode saves the sort's memory traffic (encoder, one thread: 180 -> ~90 ms).
-// With interleaved_rows each task first copies its head's value rows into its buffer, each next to
-// the key's accumulator row (the forward's head-major reasoning: one head's rows sit heads *
-// dims apart otherwise; and a point's dot products and contributions then touch the same
-// few cache lines per corner).
+// is stored: the mode saves the sort's memory traffic (`bench_msda --vs-counting-sort`).
+// With interleaved_rows each task first copies its head's value rows into its buffer, each
+// next to the key's accumulator row (the forward's head-major reasoning: one head's rows sit
+// heads * dims apart otherwise; and a point's dot products and contributions then touch the
+// same few cache lines per corner).
 struct BackwardPlan {
   GradientSet grads;
   // grad_value is its own accumulator: stored in the accumulation type (FLOAT32, FLOAT64)
@@ -97,7 +97,7 @@ struct BackwardPlan {
   // contiguous over (level, point) within a (batch, query, head): written as vectors.
   bool flat_point_grads = false;
   bool by_head = false;
-  bool interleaved_rows = false;           // By-head tasks read a contiguous copy of their head's rows.
+  bool interleaved_rows = false;    // By-head tasks read a contiguous copy of their head's rows.
   int head_workers = 0;             // Threads that run by-head tasks, one buffer each.
   int64_t head_buffers_offset = 0;  // head_workers buffers of head_buffer_bytes, each keys
   int64_t head_buffer_bytes = 0;    // rows of head_row_bytes: acc [dims], the accumulator row,

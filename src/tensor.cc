@@ -197,5 +197,4 @@ int64_t msdaDataTypeSize(msdaDataType dtype) {
   return msda::ElementSize(dtype);
 }
 
-
 }  // extern "C"

@@ -26,7 +26,7 @@ void TestPlannerOptions(PlannerOptions* options) {
 extern "C" void msdaTestingSetPlannerOptions(int32_t head_major_copy, int32_t backward_strategy) {
   msda::head_major_copy.store(head_major_copy < 0 ? -1 : head_major_copy != 0,
                               std::memory_order_relaxed);
-  msda::backward_strategy.store(backward_strategy >= 0 && backward_strategy <= 2 ? backward_strategy
-                                                                                 : -1,
-                                std::memory_order_relaxed);
+  msda::backward_strategy.store(
+      backward_strategy >= 0 && backward_strategy <= 2 ? backward_strategy : -1,
+      std::memory_order_relaxed);
 }

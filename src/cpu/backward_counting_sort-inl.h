@@ -156,8 +156,8 @@ struct CountingSort {
   // in the accumulation type go to grad_rows, indexed from pass_begin.
   void Points(int64_t b, int64_t q_begin, int64_t q_end, int64_t pass_begin, int64_t* cursors,
               int thread_index) const {
-    const SortedContributions<Acc> sink{cursors, Entries(),
-                                        static_cast<int>(bp().key_block_shift), p().heads};
+    const SortedContributions<Acc> sink{cursors, Entries(), static_cast<int>(bp().key_block_shift),
+                                        p().heads};
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t h = 0; h < p().heads; ++h) {
         const int64_t slot = (q - pass_begin) * p().heads + h;

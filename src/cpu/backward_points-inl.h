@@ -74,7 +74,8 @@ struct BackwardPoints {
   // The rows to read: the caller's value, or the current batch item's head-major copy.
   ValueRows<T> value_rows;
 
-  static constexpr bool kSimdTypes = std::is_same<Loc, float>::value && std::is_same<Acc, float>::value;
+  static constexpr bool kSimdTypes =
+      std::is_same<Loc, float>::value && std::is_same<Acc, float>::value;
 
   const BackwardPlan& bp() const { return plan.backward; }
   int64_t NumPoints() const { return p.num_levels() * p.points; }
@@ -92,8 +93,7 @@ struct BackwardPoints {
   }
   const T* GradOutAt(int64_t b, int64_t q, int64_t h) const {
     const RowStrides& s = prm.grad_out_strides;
-    return static_cast<const T*>(prm.grad_out) + b * s.batch + q * s.query +
-           h * p.dims * s.channel;
+    return static_cast<const T*>(prm.grad_out) + b * s.batch + q * s.query + h * p.dims * s.channel;
   }
   PointGeometry<Acc> Point(int64_t b, int64_t q, int64_t h, int64_t l, int64_t pt) const {
     const Loc* xy = LocAt(b, q, h, l) + pt * prm.loc_strides.point;
@@ -271,8 +271,7 @@ struct BackwardPoints {
     if constexpr (Sink::kWritesEntries) {
       for (int64_t i = 0; i < num_points; ++i) {
         for (int64_t at = i; at < 4 * stride; at += 2 * stride) {  // Corner pairs (0, 1), (2, 3).
-          sink.Pair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot,
-                    g_row);
+          sink.Pair(k.rows[at], k.rows[at + stride], coefs[at], coefs[at + stride], h, slot, g_row);
         }
       }
     }
@@ -290,12 +289,12 @@ struct BackwardPoints {
       const WeightStrides& sa = prm.grad_attn_strides;
       const LocationStrides& sl = prm.grad_loc_strides;
       if (bp().flat_point_grads) {
-        float* ga = prm.grad_attn == nullptr
-                        ? nullptr
-                        : static_cast<float*>(prm.grad_attn) + b * sa.batch + q * sa.query + h * sa.head;
-        float* gl = prm.grad_loc == nullptr
-                        ? nullptr
-                        : static_cast<float*>(prm.grad_loc) + b * sl.batch + q * sl.query + h * sl.head;
+        float* ga = prm.grad_attn == nullptr ? nullptr
+                                             : static_cast<float*>(prm.grad_attn) + b * sa.batch +
+                                                   q * sa.query + h * sa.head;
+        float* gl = prm.grad_loc == nullptr ? nullptr
+                                            : static_cast<float*>(prm.grad_loc) + b * sl.batch +
+                                                  q * sl.query + h * sl.head;
         for (; done + n <= num_points; done += n) {
           if (ga != nullptr) hn::StoreU(hn::LoadU(d, grad_a + done), d, ga + done);
           if (gl != nullptr) {

@@ -166,8 +166,7 @@ struct ForwardKernel {
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
     // AVX-512 compresses natively; elsewhere Highway emulates it with tables, which costs more
     // than the scalar loop below. Register-form compress plus a full store (the lists are
-    // padded by 64 lanes): the memory form of vpcompress is microcoded and slow on AMD Zen 4
-    // (encoder forward, one thread: 96 -> 69 ms).
+    // padded by 64 lanes): the memory form of vpcompress is microcoded and slow on AMD Zen 4.
     const hn::RebindToSigned<decltype(d)> di;
     const auto zero_i = hn::Zero(di);
     for (int c = 0; c < 4; ++c) {
@@ -208,7 +207,7 @@ struct ForwardKernel {
     const int64_t key_stride = KeyStride();
     const int64_t dim_stride = DimStride();
     const Loc* loc = static_cast<const Loc*>(prm.loc) + batch * prm.loc_strides.batch +
-                   q * prm.loc_strides.query + head * prm.loc_strides.head;
+                     q * prm.loc_strides.query + head * prm.loc_strides.head;
     const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
                     q * prm.attn_strides.query + head * prm.attn_strides.head;
     T* out = static_cast<T*>(prm.out);
@@ -249,8 +248,8 @@ struct ForwardKernel {
   }
 
   void Write(T* out, int64_t batch, int64_t q, int64_t head, const Acc* acc) const {
-    T* out_q =
-        out + batch * prm.out_strides.batch + q * prm.out_strides.query + head * p.dims * prm.out_strides.channel;
+    T* out_q = out + batch * prm.out_strides.batch + q * prm.out_strides.query +
+               head * p.dims * prm.out_strides.channel;
     if (plan.flat_rows) {
       NarrowRow<T, Acc>(acc, p.dims, out_q);
     } else {
@@ -270,11 +269,11 @@ void RunForwardTarget(const msdaExecutor& e, void* workspace) {
     using Acc = decltype(acc);
     T* copy = f.head_major ? reinterpret_cast<T*>(ws + f.value_copy_offset) : nullptr;
     const ForwardKernel<T, Loc, Acc> kernel{e.problem,
-                                          e.params,
-                                          e.plan,
-                                          ws,
-                                          e.plan.simd_geometry ? &e.plan.point_levels : nullptr,
-                                          ValueRows<T>{e.problem, e.params, copy}};
+                                            e.params,
+                                            e.plan,
+                                            ws,
+                                            e.plan.simd_geometry ? &e.plan.point_levels : nullptr,
+                                            ValueRows<T>{e.problem, e.params, copy}};
     if (!f.head_major) {
       ParallelFor(e.plan.num_threads, f.num_tiles,
                   [&](int64_t tile, int thread_index) { kernel.RunTile(tile, thread_index); });

@@ -7,8 +7,8 @@
 // sampling.h for views whose dims stride is not 1.
 //
 // Sums over corners and over dims run in a fixed order that does not depend on the thread
-// count, so results are reproducible run to run. They can differ in the last bits between
-// instruction sets (vector width changes how a dot product is split into partial sums).
+// count, so results are reproducible run to run. They differ between instruction sets
+// (vector width changes how a dot product is split into partial sums; see docs/semantics.md).
 
 // Per-target include guard: foreach_target toggles HWY_TARGET_TOGGLE between passes.
 #if defined(MSDA_SRC_CPU_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)

@@ -51,7 +51,7 @@ Strides Layout(const Problem& p, bool value_in_place) {
     ValueStrides& gv = st.grad_value_strides;
     for (int64_t* s : {&gv.batch, &gv.key, &gv.head, &gv.dim}) {
       *s = *s > std::numeric_limits<int64_t>::max() / 2 ? std::numeric_limits<int64_t>::max()
-                                                          : 2 * *s;
+                                                        : 2 * *s;
     }
   }
   return st;
@@ -282,7 +282,8 @@ TEST(Plans, FitTheStandardShapesInto64MiB) {
       EXPECT_LE(f.workspace_bytes, uint64_t{64} << 20);
       for (bool in_place : {false, true}) {
         GradientSet grads;
-        for (BackwardStrategy strategy : {BackwardStrategy::kCountingSort, BackwardStrategy::kAuto}) {
+        for (BackwardStrategy strategy :
+             {BackwardStrategy::kCountingSort, BackwardStrategy::kAuto}) {
           ASSERT_TRUE(Backward(p, Options(16, true, strategy), grads, &b, in_place));
           EXPECT_LE(b.workspace_bytes, uint64_t{64} << 20) << dtype << " " << in_place;
         }
