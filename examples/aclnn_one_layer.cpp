@@ -3,9 +3,10 @@
 // against CANN; linked with msda::aclnn it runs on the host CPU (docs/aclnn.md).
 //
 // A value map over three levels, sampling locations and attention weights are the layer's
-// parameters. Each epoch runs the forward, an MSE loss against a fixed random target, the
-// gradient, and one SGD step on the three parameters. The program exits non-zero unless the
-// loss falls in most epochs and ends below half its first value.
+// parameters. Each epoch runs the forward, an MSE loss against a fixed target (a random
+// teacher layer's output), the gradient, and one SGD step on the three parameters, with step
+// sizes from curvature bounds the operator itself measures. The program exits non-zero unless
+// the loss falls in most epochs and ends below half its first value.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -114,7 +115,6 @@ bool Train(const Options& o, aclrtStream stream) {
   std::vector<float> weight(static_cast<size_t>(batch * queries * heads * levels * points));
   std::vector<float> target(static_cast<size_t>(batch * queries * heads * dims));
   for (float& v : value) v = normal(rng);
-  for (float& v : target) v = normal(rng);
   // Each query samples around its own reference point, as an encoder query does.
   for (int64_t q = 0; q < batch * queries; ++q) {
     const float x = unit(rng), y = unit(rng);
@@ -127,11 +127,11 @@ bool Train(const Options& o, aclrtStream stream) {
   for (float& w : weight) w = (0.5f + unit(rng)) / static_cast<float>(levels * points);
 
   DeviceTensor t_value, t_shapes, t_starts, t_location, t_weight, t_output, t_grad_output,
-      t_grad_value, t_grad_location, t_grad_weight;
+      t_grad_value, t_grad_location, t_grad_weight, t_probe_value, t_probe_weight;
   std::vector<DeviceTensor*> all = {&t_value,       &t_shapes,       &t_starts,
                                     &t_location,    &t_weight,       &t_output,
                                     &t_grad_output, &t_grad_value,   &t_grad_location,
-                                    &t_grad_weight};
+                                    &t_grad_weight, &t_probe_value,  &t_probe_weight};
   struct Cleanup {
     std::vector<DeviceTensor*>* tensors;
     Workspace* workspace;
@@ -155,20 +155,98 @@ bool Train(const Options& o, aclrtStream stream) {
       !t_grad_output.Create(output_shape, ACL_FLOAT, 4) ||
       !t_grad_value.Create(value_shape, ACL_FLOAT, 4) ||
       !t_grad_location.Create(location_shape, ACL_FLOAT, 4) ||
-      !t_grad_weight.Create(weight_shape, ACL_FLOAT, 4)) {
+      !t_grad_weight.Create(weight_shape, ACL_FLOAT, 4) ||
+      !t_probe_value.Create(value_shape, ACL_FLOAT, 4) ||
+      !t_probe_weight.Create(weight_shape, ACL_FLOAT, 4)) {
     return false;
   }
   if (!t_shapes.Upload(level_shapes) || !t_starts.Upload(level_starts)) return false;
 
-  // MSE over n outputs: its gradient is 2 (out - target) / n. Plain SGD is stable below
-  // 2 / curvature: a weight scales `dims` outputs by a unit-size sample (curvature about
-  // 2 dims / n), a value row is shared by the few samples that land near it with small
-  // bilinear weights and tolerates a rate levels * points times larger, and locations move
-  // in normalised units, where a step of 1 crosses the whole map.
+  // The two-stage calls, each followed by a wait on the stream. The forward reads
+  // `in_value` and `in_weight` and writes t_output; the backward reads t_grad_output and
+  // writes the three gradients.
+  std::vector<float> output, grad_output(target.size()), grad_value, grad_location, grad_weight;
+  auto forward = [&](const DeviceTensor& in_value, const DeviceTensor& in_weight) {
+    uint64_t workspace_size = 0;
+    aclOpExecutor* executor = nullptr;
+    CHECK_ACL(aclnnMultiScaleDeformableAttnFuncV2GetWorkspaceSize(
+        in_value.tensor, t_shapes.tensor, t_starts.tensor, t_location.tensor, in_weight.tensor,
+        t_output.tensor, &workspace_size, &executor));
+    if (!workspace.Reserve(workspace_size)) return false;
+    CHECK_ACL(aclnnMultiScaleDeformableAttnFuncV2(workspace.device, workspace_size, executor,
+                                                  stream));
+    CHECK_ACL(aclrtSynchronizeStream(stream));
+    return t_output.Download(&output);
+  };
+  auto backward = [&](const DeviceTensor& in_value, const DeviceTensor& in_weight) {
+    uint64_t workspace_size = 0;
+    aclOpExecutor* executor = nullptr;
+    CHECK_ACL(aclnnMultiScaleDeformableAttnGradV2GetWorkspaceSize(
+        in_value.tensor, t_shapes.tensor, t_starts.tensor, t_location.tensor, in_weight.tensor,
+        t_grad_output.tensor, t_grad_value.tensor, t_grad_location.tensor, t_grad_weight.tensor,
+        &workspace_size, &executor));
+    if (!workspace.Reserve(workspace_size)) return false;
+    CHECK_ACL(aclnnMultiScaleDeformableAttnGradV2(workspace.device, workspace_size, executor,
+                                                  stream));
+    CHECK_ACL(aclrtSynchronizeStream(stream));
+    return t_grad_value.Download(&grad_value) && t_grad_location.Download(&grad_location) &&
+           t_grad_weight.Download(&grad_weight);
+  };
+
+  // The target is a teacher layer's output: another random value map and weights over the
+  // same locations, so the student can reach it for every query count.
+  std::vector<float> probe_value(value.size()), probe_weight(weight.size());
+  for (float& v : probe_value) v = normal(rng);
+  for (float& w : probe_weight) w = (0.5f + unit(rng)) / static_cast<float>(levels * points);
+  if (!t_probe_value.Upload(probe_value) || !t_probe_weight.Upload(probe_weight) ||
+      !t_location.Upload(location) || !forward(t_probe_value, t_probe_weight)) {
+    return false;
+  }
+  target = output;
+
+  // MSE over n outputs: its gradient is 2 (out - target) / n. Plain SGD is stable while each
+  // rate times the curvature it meets stays below 2, and that curvature grows with the query
+  // count (every query reads the 4x4 level) and with the values (a weight scales them), so
+  // each epoch bounds it with probe calls of the operator and gives every parameter the rate
+  // 1/2 / bound (values and weights together stay below 2):
+  // - value: out = J value with J >= 0, curvature (2 / n) J^T J, bounded per row by
+  //   (2 / n) (J^T J 1)_i (Gershgorin): the forward of an all-ones value with weights |w| is
+  //   J 1, the gradient of that J^T J 1;
+  // - weights: block diagonal per (query, head), each block (2 / n) S^T S for its samples S,
+  //   bounded by the trace, which the forward of value^2 with all-one weights bounds (a
+  //   sample is a convex combination of values);
+  // - locations move in normalised units, where a step of 1 crosses the whole map, at a
+  //   small fixed rate.
   const double n = static_cast<double>(target.size());
-  const float weight_lr = static_cast<float>(0.5 * n / (2.0 * dims));
-  const float value_lr = weight_lr * static_cast<float>(levels * points);
-  const float location_lr = weight_lr * 1e-5f;
+  const double scale = 0.5;
+  const float location_lr = static_cast<float>(0.25e-5 * n / dims);
+  std::vector<float> value_lr(value.size()), weight_lr(weight.size());
+  auto choose_rates = [&]() {
+    for (float& v : probe_value) v = 1.0f;
+    for (size_t i = 0; i < weight.size(); ++i) probe_weight[i] = std::fabs(weight[i]);
+    if (!t_probe_value.Upload(probe_value) || !t_probe_weight.Upload(probe_weight) ||
+        !forward(t_probe_value, t_probe_weight) || !t_grad_output.Upload(output) ||
+        !backward(t_probe_value, t_probe_weight)) {
+      return false;
+    }
+    for (size_t i = 0; i < value.size(); ++i) {
+      value_lr[i] = grad_value[i] > 0 ? static_cast<float>(scale * n / (2.0 * grad_value[i])) : 0;
+    }
+    for (size_t i = 0; i < value.size(); ++i) probe_value[i] = value[i] * value[i];
+    for (float& w : probe_weight) w = 1.0f;
+    if (!t_probe_value.Upload(probe_value) || !t_probe_weight.Upload(probe_weight) ||
+        !forward(t_probe_value, t_probe_weight)) {
+      return false;
+    }
+    const size_t block = static_cast<size_t>(levels * points);
+    for (size_t qh = 0; qh < static_cast<size_t>(batch * queries * heads); ++qh) {
+      double trace = 0;
+      for (size_t d = 0; d < static_cast<size_t>(dims); ++d) trace += output[qh * dims + d];
+      const float rate = trace > 0 ? static_cast<float>(scale * n / (2.0 * trace)) : 0.0f;
+      for (size_t i = 0; i < block; ++i) weight_lr[qh * block + i] = rate;
+    }
+    return true;
+  };
 
   std::printf("aclnn_one_layer: bs=%lld queries=%lld heads=%lld dims=%lld levels=%lld "
               "points=%lld keys=%lld\n",
@@ -178,24 +256,12 @@ bool Train(const Options& o, aclrtStream stream) {
               static_cast<long long>(keys));
   double first_loss = 0, previous_loss = 0, loss = 0;
   int falls = 0;
-  std::vector<float> output, grad_output(target.size()), grad_value, grad_location, grad_weight;
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
-    if (!t_value.Upload(value) || !t_location.Upload(location) || !t_weight.Upload(weight)) {
+    if (!choose_rates()) return false;
+    if (!t_value.Upload(value) || !t_location.Upload(location) || !t_weight.Upload(weight) ||
+        !forward(t_value, t_weight)) {
       return false;
     }
-
-    // Forward: the two-stage call, then wait for the stream.
-    uint64_t workspace_size = 0;
-    aclOpExecutor* executor = nullptr;
-    CHECK_ACL(aclnnMultiScaleDeformableAttnFuncV2GetWorkspaceSize(
-        t_value.tensor, t_shapes.tensor, t_starts.tensor, t_location.tensor, t_weight.tensor,
-        t_output.tensor, &workspace_size, &executor));
-    if (!workspace.Reserve(workspace_size)) return false;
-    CHECK_ACL(aclnnMultiScaleDeformableAttnFuncV2(workspace.device, workspace_size, executor,
-                                                  stream));
-    CHECK_ACL(aclrtSynchronizeStream(stream));
-    if (!t_output.Download(&output)) return false;
-
     loss = 0;
     for (size_t i = 0; i < output.size(); ++i) {
       const double diff = static_cast<double>(output[i]) - target[i];
@@ -203,25 +269,11 @@ bool Train(const Options& o, aclrtStream stream) {
       grad_output[i] = static_cast<float>(2.0 * diff / n);
     }
     loss /= n;
-    if (!t_grad_output.Upload(grad_output)) return false;
-
-    // Gradient of the three parameters.
-    CHECK_ACL(aclnnMultiScaleDeformableAttnGradV2GetWorkspaceSize(
-        t_value.tensor, t_shapes.tensor, t_starts.tensor, t_location.tensor, t_weight.tensor,
-        t_grad_output.tensor, t_grad_value.tensor, t_grad_location.tensor, t_grad_weight.tensor,
-        &workspace_size, &executor));
-    if (!workspace.Reserve(workspace_size)) return false;
-    CHECK_ACL(aclnnMultiScaleDeformableAttnGradV2(workspace.device, workspace_size, executor,
-                                                  stream));
-    CHECK_ACL(aclrtSynchronizeStream(stream));
-    if (!t_grad_value.Download(&grad_value) || !t_grad_location.Download(&grad_location) ||
-        !t_grad_weight.Download(&grad_weight)) {
-      return false;
-    }
+    if (!t_grad_output.Upload(grad_output) || !backward(t_value, t_weight)) return false;
 
     // SGD.
-    for (size_t i = 0; i < value.size(); ++i) value[i] -= value_lr * grad_value[i];
-    for (size_t i = 0; i < weight.size(); ++i) weight[i] -= weight_lr * grad_weight[i];
+    for (size_t i = 0; i < value.size(); ++i) value[i] -= value_lr[i] * grad_value[i];
+    for (size_t i = 0; i < weight.size(); ++i) weight[i] -= weight_lr[i] * grad_weight[i];
     for (size_t i = 0; i < location.size(); ++i) location[i] -= location_lr * grad_location[i];
 
     std::printf("epoch %3d  loss %.6f\n", epoch, loss);

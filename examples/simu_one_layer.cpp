@@ -2,8 +2,10 @@
 //
 // A random value map, random sampling locations and random attention weights are the
 // parameters of one MultiScale Deformable Attention layer. Each epoch runs the forward pass,
-// an MSE loss against a fixed random target, the backward pass, and one SGD step on all three
-// parameters. The loss must fall; the program exits non-zero if it does not.
+// an MSE loss against a fixed target (a random teacher layer's output), the backward pass, and
+// one SGD step on all three parameters, with step sizes from curvature bounds the op itself
+// measures. The program exits non-zero unless the loss falls in most epochs and ends below
+// half its first value.
 //
 // Parameters are kept in fp32 ("master weights") and converted to the storage dtype before
 // each call, as mixed-precision training does, so that FLOAT16 and BFLOAT16 runs learn too.
@@ -31,7 +33,7 @@ struct Options {
   int64_t base_height = 32;  // Level l is (base_height >> l) x (base_width >> l), at least 1x1.
   int64_t base_width = 48;
   int epochs = 10;
-  float lr = 0.0f;           // 0 picks a rate that suits the problem size.
+  float lr = 0.0f;           // Scales the automatic rates; 0 means 1.
   float location_lr = 0.0f;  // Rate for the sampling locations, relative to lr; 0: default.
   int threads = 0;           // 0: library default (MSDA_NUM_THREADS or every core).
   msdaDataType dtype = MSDA_FLOAT32;
@@ -42,7 +44,8 @@ void Usage(const char* argv0) {
   std::printf(
       "usage: %s [--batch N] [--heads N] [--levels N] [--points N] [--dims N]\n"
       "          [--queries N] [--height N] [--width N] [--epochs N] [--lr X]\n"
-      "          [--threads N] [--dtype float32|float16|bfloat16|float64] [--seed N]\n",
+      "          [--threads N] [--dtype float32|float16|bfloat16|float64] [--seed N]\n"
+      "  --lr X scales the automatic step sizes (default 1, about half the stable step)\n",
       argv0);
 }
 
@@ -294,7 +297,6 @@ int main(int argc, char** argv) {
   Buffer grad_weights({B, Q, H, L, P}, o.dtype);
 
   for (float& v : value.master) v = normal(rng);
-  for (float& v : target.master) v = normal(rng);
   // Each query looks around its own reference point, as a DETR encoder query does.
   for (int64_t b = 0; b < B; ++b)
     for (int64_t q = 0; q < Q; ++q) {
@@ -306,68 +308,145 @@ int main(int argc, char** argv) {
       }
     }
   for (float& v : weights.master) v = 1.0f / static_cast<float>(L * P) * (0.5f + unit(rng));
-  target.Store();
 
-  // MSE = mean((out - target)^2) over N elements. Plain SGD is stable below 2 / curvature, and
-  // the curvature differs per parameter: a weight scales D outputs by a unit-size sample, so
-  // its curvature is about 2 D / N; a value row is shared by the few queries that sample it
-  // with small bilinear weights, so it tolerates a rate L * P times larger.
-  const double n = static_cast<double>(output.size());
-  const float lr = o.lr > 0 ? o.lr : static_cast<float>(0.5 * n / (2.0 * static_cast<double>(D)));
-  const float value_lr = lr * static_cast<float>(L * P);
-  const float location_lr = o.location_lr > 0 ? o.location_lr : lr * 1e-5f;
+  // Inputs of the probe calls that measure the curvature (below).
+  Buffer probe_value({B, keys, H, D}, o.dtype);
+  Buffer probe_weights({B, Q, H, L, P}, o.dtype);
 
   std::vector<int64_t> shape_dims = {L, 2}, start_dims = {L};
+  // The views alias the buffers' bytes, which never move, so they serve every epoch.
+  Views views;
+  msdaTensor* t_value = views.Add(value.View());
+  msdaTensor* t_shapes = views.Add(msdaCreateTensor(shape_dims.data(), 2, MSDA_INT64, nullptr, 0,
+                                                    MSDA_DEVICE_CPU, 0, shapes.data()));
+  msdaTensor* t_starts = views.Add(msdaCreateTensor(start_dims.data(), 1, MSDA_INT64, nullptr, 0,
+                                                    MSDA_DEVICE_CPU, 0, starts.data()));
+  msdaTensor* t_locations = views.Add(locations.View());
+  msdaTensor* t_weights = views.Add(weights.View());
+  msdaTensor* t_output = views.Add(output.View());
+  msdaTensor* t_grad_output = views.Add(grad_output.View());
+  msdaTensor* t_grad_value = views.Add(grad_value.View());
+  msdaTensor* t_grad_locations = views.Add(grad_locations.View());
+  msdaTensor* t_grad_weights = views.Add(grad_weights.View());
+  msdaTensor* t_probe_value = views.Add(probe_value.View());
+  msdaTensor* t_probe_weights = views.Add(probe_weights.View());
+  for (msdaTensor* t : views.all) {
+    if (t == nullptr) {
+      std::fprintf(stderr, "msdaCreateTensor failed: %s\n", msdaGetLastErrorMessage());
+      return 1;
+    }
+  }
+
+  // Each call plans, sizes the workspace and runs (the run releases the executor).
   std::vector<unsigned char> workspace;
+  auto forward = [&](msdaTensor* in_value, msdaTensor* in_weights) {
+    uint64_t workspace_size = 0;
+    msdaExecutor* executor = nullptr;
+    if (!Check(msdaForwardGetWorkspaceSize(in_value, t_shapes, t_starts, t_locations, in_weights,
+                                           t_output, &workspace_size, &executor),
+               "msdaForwardGetWorkspaceSize"))
+      return false;
+    workspace.resize(workspace_size);
+    return Check(msdaForward(workspace.data(), workspace_size, executor, nullptr), "msdaForward");
+  };
+  auto backward = [&](msdaTensor* in_value, msdaTensor* in_weights, msdaTensor* out_locations,
+                      msdaTensor* out_weights) {
+    uint64_t workspace_size = 0;
+    msdaExecutor* executor = nullptr;
+    if (!Check(msdaBackwardGetWorkspaceSize(in_value, t_shapes, t_starts, t_locations, in_weights,
+                                            t_grad_output, t_grad_value, out_locations,
+                                            out_weights, &workspace_size, &executor),
+               "msdaBackwardGetWorkspaceSize"))
+      return false;
+    workspace.resize(workspace_size);
+    return Check(msdaBackward(workspace.data(), workspace_size, executor, nullptr),
+                 "msdaBackward");
+  };
+
+  // The target is what a teacher layer outputs: another random value map and weights over
+  // the same sampling locations. The student can reach it (a random target of Q * H * D
+  // numbers is out of its reach once the queries outnumber the value rows), so the loss can
+  // fall far for every problem size.
+  for (float& v : probe_value.master) v = normal(rng);
+  for (float& w : probe_weights.master) w = 1.0f / static_cast<float>(L * P) * (0.5f + unit(rng));
+  probe_value.Store();
+  probe_weights.Store();
+  locations.Store();
+  if (!forward(t_probe_value, t_probe_weights)) return 1;
+  for (size_t i = 0; i < output.size(); ++i) target.master[i] = output.Load(i);
+  target.Store();
+
+  // The step sizes. The loss is MSE = mean((out - target)^2) over n outputs; plain SGD is
+  // stable while each rate times the curvature it meets stays below 2. Fixed rates from the
+  // sizes alone do not do: how many samples share a value row grows with the query count (a
+  // 4x6 level is read by every query), and a weight's curvature grows with the values it
+  // scales, which grow as they learn. So each epoch bounds the curvature with three probe
+  // calls of the op itself and gives every parameter a rate of `scale` / bound (scale 1/2
+  // for values and weights: their sum stays below 2, with room for the terms the
+  // Gauss-Newton bound leaves out).
+  //
+  // Value: out = J value with J >= 0 while the weights are, so its curvature (2 / n) J^T J is
+  // bounded per row by (2 / n) (J^T J 1)_i (Gershgorin; scaled rows keep the bound). A
+  // forward of an all-ones value with weights |w| gives J 1, a backward of that J^T J 1.
+  // Weights: each (query, head) owns its outputs, so their curvature is block diagonal, each
+  // block (2 / n) S^T S for the D x L*P samples S, bounded by its trace. A sample is a convex
+  // combination of values, so sum_d s_d^2 <= the sample of value^2: a forward of value^2
+  // with all-one weights, summed over d, bounds the trace.
+  // Locations move in normalised units, where a step of 1 crosses the whole map; their small
+  // fixed rate keeps them a minor term.
+  const double n = static_cast<double>(output.size());
+  const double scale = 0.5 * (o.lr > 0 ? o.lr : 1.0);
+  const float location_lr = o.location_lr > 0 ? o.location_lr : static_cast<float>(0.25e-5 * n / D);
+  std::vector<float> value_lr(value.size(), 0.0f), weight_lr(weights.size(), 0.0f);
+  auto choose_rates = [&]() {
+    for (float& v : probe_value.master) v = 1.0f;
+    for (size_t i = 0; i < weights.size(); ++i) probe_weights.master[i] = std::fabs(weights.master[i]);
+    probe_value.Store();
+    probe_weights.Store();
+    if (!forward(t_probe_value, t_probe_weights)) return false;
+    for (size_t i = 0; i < output.size(); ++i) grad_output.master[i] = output.Load(i);
+    grad_output.Store();
+    if (!backward(t_probe_value, t_probe_weights, nullptr, nullptr)) return false;
+    for (size_t i = 0; i < value.size(); ++i) {
+      const double row_sum = grad_value.Load(i);
+      value_lr[i] = row_sum > 0 ? static_cast<float>(scale * n / (2.0 * row_sum)) : 0.0f;
+    }
+
+    for (size_t i = 0; i < value.size(); ++i) probe_value.master[i] = value.master[i] * value.master[i];
+    for (float& w : probe_weights.master) w = 1.0f;
+    probe_value.Store();
+    probe_weights.Store();
+    if (!forward(t_probe_value, t_probe_weights)) return false;
+    const size_t block = static_cast<size_t>(L * P);
+    for (size_t qh = 0; qh < static_cast<size_t>(B * Q * H); ++qh) {
+      double trace = 0;
+      for (size_t d = 0; d < static_cast<size_t>(D); ++d) trace += output.Load(qh * D + d);
+      const float rate = trace > 0 ? static_cast<float>(scale * n / (2.0 * trace)) : 0.0f;
+      for (size_t i = 0; i < block; ++i) weight_lr[qh * block + i] = rate;
+    }
+    return true;
+  };
+
   double first_loss = 0, last_loss = 0, previous_loss = 0;
   int falls = 0;
   std::printf(
       "msda %d.%d.%d  simu_one_layer: B=%lld Q=%lld H=%lld L=%lld P=%lld D=%lld K=%lld "
-      "dtype=%s threads=%d lr=%g\n",
+      "dtype=%s threads=%d lr scale=%g\n",
       msdaGetVersion() / 10000, msdaGetVersion() / 100 % 100, msdaGetVersion() % 100, (long long)B,
       (long long)Q, (long long)H, (long long)L, (long long)P, (long long)D, (long long)keys,
       o.dtype == MSDA_FLOAT32    ? "float32"
       : o.dtype == MSDA_FLOAT16  ? "float16"
       : o.dtype == MSDA_BFLOAT16 ? "bfloat16"
                                  : "float64",
-      msdaGetNumThreads(), static_cast<double>(lr));
+      msdaGetNumThreads(), 2 * scale);
 
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
     const auto start = std::chrono::steady_clock::now();
+    if (!choose_rates()) return 1;
     value.Store();
     locations.Store();
     weights.Store();
-
-    Views views;
-    msdaTensor* t_value = views.Add(value.View());
-    msdaTensor* t_shapes = views.Add(msdaCreateTensor(shape_dims.data(), 2, MSDA_INT64, nullptr, 0,
-                                                      MSDA_DEVICE_CPU, 0, shapes.data()));
-    msdaTensor* t_starts = views.Add(msdaCreateTensor(start_dims.data(), 1, MSDA_INT64, nullptr, 0,
-                                                      MSDA_DEVICE_CPU, 0, starts.data()));
-    msdaTensor* t_locations = views.Add(locations.View());
-    msdaTensor* t_weights = views.Add(weights.View());
-    msdaTensor* t_output = views.Add(output.View());
-    msdaTensor* t_grad_output = views.Add(grad_output.View());
-    msdaTensor* t_grad_value = views.Add(grad_value.View());
-    msdaTensor* t_grad_locations = views.Add(grad_locations.View());
-    msdaTensor* t_grad_weights = views.Add(grad_weights.View());
-    for (msdaTensor* t : views.all) {
-      if (t == nullptr) {
-        std::fprintf(stderr, "msdaCreateTensor failed: %s\n", msdaGetLastErrorMessage());
-        return 1;
-      }
-    }
-
-    // Forward: plan, size the workspace, run.
-    uint64_t workspace_size = 0;
-    msdaExecutor* executor = nullptr;
-    if (!Check(msdaForwardGetWorkspaceSize(t_value, t_shapes, t_starts, t_locations, t_weights,
-                                           t_output, &workspace_size, &executor),
-               "msdaForwardGetWorkspaceSize"))
-      return 1;
-    workspace.resize(workspace_size);
-    if (!Check(msdaForward(workspace.data(), workspace_size, executor, nullptr), "msdaForward"))
-      return 1;
+    if (!forward(t_value, t_weights)) return 1;
 
     // Loss and its gradient with respect to the output.
     double loss = 0;
@@ -378,20 +457,12 @@ int main(int argc, char** argv) {
     }
     loss /= n;
     grad_output.Store();
-
-    // Backward: every gradient is wanted.
-    if (!Check(msdaBackwardGetWorkspaceSize(t_value, t_shapes, t_starts, t_locations, t_weights,
-                                            t_grad_output, t_grad_value, t_grad_locations,
-                                            t_grad_weights, &workspace_size, &executor),
-               "msdaBackwardGetWorkspaceSize"))
-      return 1;
-    workspace.resize(workspace_size);
-    if (!Check(msdaBackward(workspace.data(), workspace_size, executor, nullptr), "msdaBackward"))
-      return 1;
+    if (!backward(t_value, t_weights, t_grad_locations, t_grad_weights)) return 1;
 
     // SGD on the fp32 master copies.
-    for (size_t i = 0; i < value.size(); ++i) value.master[i] -= value_lr * grad_value.Load(i);
-    for (size_t i = 0; i < weights.size(); ++i) weights.master[i] -= lr * grad_weights.Load(i);
+    for (size_t i = 0; i < value.size(); ++i) value.master[i] -= value_lr[i] * grad_value.Load(i);
+    for (size_t i = 0; i < weights.size(); ++i)
+      weights.master[i] -= weight_lr[i] * grad_weights.Load(i);
     for (size_t i = 0; i < locations.size(); ++i)
       locations.master[i] -= location_lr * grad_locations.Load(i);
 
@@ -403,12 +474,15 @@ int main(int argc, char** argv) {
     previous_loss = last_loss = loss;
   }
 
-  if (!(last_loss < first_loss)) {
-    std::fprintf(stderr, "FAILED: the loss did not go down (%.6f -> %.6f)\n", first_loss,
-                 last_loss);
+  // Training works if the loss falls steadily: in most epochs, and to below half its first
+  // value. A diverging run (or one stuck at a NaN-free plateau) fails both.
+  const int steps = o.epochs - 1;
+  std::printf("loss %.6f -> %.6f, falling in %d of %d epochs\n", first_loss, last_loss, falls,
+              steps);
+  if (!(2 * falls > steps && last_loss < 0.5 * first_loss)) {
+    std::fprintf(stderr,
+                 "FAILED: the loss must fall in most epochs and end below half its first value\n");
     return 1;
   }
-  std::printf("loss went down: %.6f -> %.6f, falling in %d of %d epochs\n", first_loss, last_loss,
-              falls, o.epochs - 1);
   return 0;
 }
