@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Every test: installs what is missing, builds with -Werror, runs the C++ suite (GoogleTest on
 # every SIMD target, the example, the install consumer) through ctest, the same suite under
-# ASan + UBSan, a 60 s fuzz run, then the Python package's tests. MSDA_SKIP_SANITIZE=1,
-# MSDA_FUZZ_SECONDS=0 and MSDA_SKIP_PYTHON=1 skip parts for a quick local run.
+# ASan + UBSan, a 60 s fuzz run, then the Python package's tests and the packages (wheel,
+# sdist). MSDA_SKIP_SANITIZE=1, MSDA_FUZZ_SECONDS=0, MSDA_SKIP_PYTHON=1 and
+# MSDA_SKIP_PACKAGING=1 skip parts for a quick local run. The Python tests install msda-ops
+# (and torch, pytest, ...) into the python3 on PATH (MSDA_PYTHON names another interpreter,
+# e.g. a venv's); the package tests use fresh venvs of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -27,9 +30,16 @@ fi
 if [ -f pyproject.toml ] && [ "${MSDA_SKIP_PYTHON:-0}" != 1 ]; then
   # torch is pinned to the CPU build kept on these machines; an unpinned install would pull a
   # multi-GB CUDA build.
-  python3 -m pip install -q "torch==2.13.0" "triton==3.9.0" numpy pytest hypothesis \
+  python=${MSDA_PYTHON:-python3}
+  echo "msda: installing into $("$python" -c 'import sys; print(sys.prefix)')"
+  "$python" -m pip install -q "torch==2.13.0" "triton==3.9.0" numpy pytest hypothesis \
     scikit-build-core nanobind
-  python3 -m pip install -q --no-build-isolation .
-  python3 -m pytest -q tests/python
+  "$python" -m pip install -q --no-build-isolation .
+  "$python" -m pytest -q tests/python
+fi
+
+# The wheel and sdist as a user gets them, in fresh venvs (about 3 minutes).
+if [ "${MSDA_SKIP_PACKAGING:-0}" != 1 ]; then
+  bash scripts/test_packaging.sh --sdist-install
 fi
 echo "msda: all tests passed"

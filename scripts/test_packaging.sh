@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The packages as a user gets them (part of scripts/test.sh; MSDA_SKIP_PACKAGING=1 skips it):
+# builds the portable wheel (scripts/build_wheel.sh), checks with `auditwheel show` that it
+# needs nothing outside its manylinux policy, installs it with torch into a fresh venv and
+# runs forward and backward from outside the checkout, with the vendored Highway loaded.
+# Builds the sdist (`python -m build --sdist`) and checks it holds what a build needs;
+# `--sdist-install` also installs that sdist into the venv (a full build, about 80 s).
+# `pip install .` with Highway hidden must stop with msda's message naming it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+start=$(date +%s)
+bash scripts/build_wheel.sh > build-wheel/build.log 2>&1 || { cat build-wheel/build.log; exit 1; }
+tail -1 build-wheel/build.log
+wheel=$(ls "$repo"/wheelhouse/msda_ops-*.whl)
+tools=$repo/build-wheel/tools
+
+# Nothing outside the policy: auditwheel would name the library that breaks it.
+show=$("$tools/bin/auditwheel" show "$wheel" 2>&1)
+echo "$show" | tr '\n' ' ' | grep -q 'is consistent with the following platform tag: "manylinux_' \
+  || { echo "$show"; echo "test_packaging: the wheel is not manylinux" >&2; exit 1; }
+case "$wheel" in *manylinux_*) ;; *) echo "test_packaging: wheel not tagged manylinux" >&2; exit 1;; esac
+
+quiet_pip() {  # pip, without this machine's notes on its local indexes
+  "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+venv=$(mktemp -d /tmp/msda-wheel-venv.XXXXXX)
+trap 'rm -rf "$venv"' EXIT
+python3 -m venv "$venv"
+# torch is pinned to the CPU build kept on these machines (an unpinned one is a CUDA build).
+quiet_pip "$venv/bin/pip" install -q "torch==2.13.0" "$wheel"
+(cd "$venv" && REPO="$repo" "$venv/bin/python" - <<'PY'
+import os, torch, msda, importlib.metadata as md
+assert not msda.__file__.startswith(os.environ.get("REPO", "/nonexistent")), msda.__file__
+torch.manual_seed(0)
+shapes = torch.tensor([[8, 8], [4, 4]])
+value = torch.randn(2, 80, 4, 16, requires_grad=True)
+loc = torch.rand(2, 10, 4, 2, 3, 2, requires_grad=True)
+attn = torch.rand(2, 10, 4, 2, 3).softmax(-1).requires_grad_()
+out = msda.ms_deform_attn(value, shapes, None, loc, attn)
+out.square().sum().backward()
+assert out.shape == (2, 10, 64) and all(t.grad is not None for t in (value, loc, attn))
+with open("/proc/self/maps") as f:
+    hwy = {line.split()[-1] for line in f if "libhwy" in line}
+assert hwy and all("msda_ops.libs" in p for p in hwy), hwy
+print("test_packaging: wheel", md.version("msda-ops"), "runs forward+backward from", os.getcwd(),
+      "with", *hwy)
+PY
+)
+
+# pip stops at the configure with the message naming Highway and its packages.
+if log=$("$tools/bin/python" -m pip wheel --no-build-isolation --no-deps . -w build-wheel/nohwy \
+      -Cbuild-dir=build-wheel/nohwy -Ccmake.define.CMAKE_DISABLE_FIND_PACKAGE_hwy=ON 2>&1); then
+  echo "test_packaging: pip built without Highway" >&2; exit 1
+fi
+for text in "msda needs Google Highway" "apt-get install libhwy-dev" "dnf install highway-devel"; do
+  grep -qF "$text" <<< "$log" || { echo "$log"; echo "test_packaging: no \"$text\"" >&2; exit 1; }
+done
+echo "test_packaging: pip install without Highway stops with msda's message"
+
+# The sdist: built by the standard frontend, holding the sources the build needs.
+rm -rf build-wheel/sdist
+quiet_pip "$tools/bin/pip" install -q build
+"$tools/bin/python" -m build -q --sdist -o build-wheel/sdist . > /dev/null
+sdist=$(ls "$repo"/build-wheel/sdist/msda_ops-*.tar.gz)
+tar tzf "$sdist" > build-wheel/sdist/members.txt
+for member in LICENSE pyproject.toml CMakeLists.txt cmake/MissingDependency.cmake \
+              include/msda/msda.h src/api.cc python/CMakeLists.txt python/msda/__init__.py; do
+  grep -qx "msda_ops-[0-9.]*/$member" build-wheel/sdist/members.txt \
+    || { echo "test_packaging: $member missing from $sdist" >&2; exit 1; }
+done
+echo "test_packaging: sdist $(basename "$sdist") ($(du -k "$sdist" | cut -f1) KiB)"
+if [ "${1:-}" = --sdist-install ]; then
+  "$venv/bin/pip" uninstall -q -y msda-ops
+  quiet_pip "$venv/bin/pip" install -q "$sdist"
+  (cd "$venv" && "$venv/bin/python" -c "import msda, numpy as np; print('test_packaging: sdist installs,', msda.library_version())")
+fi
+echo "test_packaging: passed in $(($(date +%s) - start)) s"
