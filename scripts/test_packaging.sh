@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 start=$(date +%s)
+mkdir -p build-wheel
 bash scripts/build_wheel.sh > build-wheel/build.log 2>&1 || { cat build-wheel/build.log; exit 1; }
 tail -1 build-wheel/build.log
 wheel=$(ls "$repo"/wheelhouse/msda_ops-*.whl)
