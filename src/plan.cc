@@ -27,6 +27,13 @@ bool Product(std::initializer_list<int64_t> factors, int64_t* out) {
   return true;
 }
 
+// stride == a * b, where a product past int64 equals no stride. The layout checks compare
+// strides with products of problem dims that no tensor size bounds when batch is 0.
+bool StrideIs(int64_t stride, int64_t a, int64_t b) {
+  int64_t product = 0;
+  return !__builtin_mul_overflow(a, b, &product) && stride == product;
+}
+
 // Adds n bytes to a running layout at a 64-byte aligned offset, checking for overflow.
 class Layout {
  public:
@@ -158,7 +165,8 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
 // the forward's attention weights.
 bool SimdGeometryApplies(const Problem& p, const Strides& st) {
   if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
-  if (st.loc_strides.xy != 1 || st.loc_strides.point != 2 || st.loc_strides.level != 2 * p.points) {
+  if (st.loc_strides.xy != 1 || st.loc_strides.point != 2 ||
+      !StrideIs(st.loc_strides.level, 2, p.points)) {
     return false;
   }
   if (p.keys >= (int64_t{1} << 31) - 1) return false;
@@ -302,13 +310,13 @@ bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machin
   const ValueStrides& gv = st.grad_value_strides;
   b.grad_value_in_place = grads.value &&
                           (p.value_dtype == MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) &&
-                          gv.dim == 1 && (p.heads == 1 || gv.key == p.heads * gv.head);
+                          gv.dim == 1 && (p.heads == 1 || StrideIs(gv.key, p.heads, gv.head));
   const WeightStrides& ga = st.grad_attn_strides;
   const LocationStrides& gl = st.grad_loc_strides;
   b.flat_point_grads =
       p.value_dtype == MSDA_FLOAT32 && p.loc_dtype == MSDA_FLOAT32 &&
       (!grads.weights || (ga.point == 1 && ga.level == p.points)) &&
-      (!grads.locations || (gl.xy == 1 && gl.point == 2 && gl.level == 2 * p.points));
+      (!grads.locations || (gl.xy == 1 && gl.point == 2 && StrideIs(gl.level, 2, p.points)));
   // No batch item: no gradient element to write (see MakeForwardPlan).
   if (p.batch == 0) return true;
 

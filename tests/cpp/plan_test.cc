@@ -399,6 +399,30 @@ TEST(Plans, ReportOverflowInsteadOfWrapping) {
   EXPECT_FALSE(Backward(p, Threads(2), GradientSet{}, &plan));
 }
 
+// With batch 0 every tensor is empty, so no tensor size bounds the point count or a stride:
+// the layout checks compare strides with products that overflow (a fuzzer input reached
+// 2 * points). Planning must neither overflow (UBSan) nor fail.
+TEST(Plans, BatchZeroWithHugeDimsAndStrides) {
+  Problem p = Encoder();
+  p.batch = 0;
+  p.points = int64_t{1} << 62;
+  p.heads = int64_t{1} << 40;
+  Strides st = ContiguousStrides(p);
+  st.loc_strides.xy = 1;
+  st.loc_strides.point = 2;
+  st.grad_loc_strides = st.loc_strides;
+  st.grad_value_strides.dim = 1;
+  st.grad_value_strides.head = int64_t{1} << 40;
+  Plan plan;
+  EXPECT_TRUE(MakeForwardPlan(p, st, Threads(2), &plan));
+  EXPECT_EQ(plan.workspace_bytes, 0u);
+  const GradientSet all{true, true, true};
+  EXPECT_TRUE(MakeBackwardPlan(p, st, Threads(2), all, &plan));
+  EXPECT_FALSE(plan.simd_geometry);
+  EXPECT_FALSE(plan.backward.flat_point_grads);
+  EXPECT_FALSE(plan.backward.grad_value_in_place);
+}
+
 TEST(Plans, DescribeNamesTheDecisions) {
   Plan plan;
   ASSERT_TRUE(Backward(Encoder(), CountingSort(2), GradientSet{}, &plan));
