@@ -9,6 +9,8 @@ Entry points:
   NumPy arrays, without importing torch.
 * ``msda.nn.MultiScaleDeformableAttention`` (mmcv-compatible layer),
   ``msda.nn.HFMultiScaleDeformableAttention`` and ``msda.nn.patch_transformers``.
+* ``msda.onnx.export``: ONNX export of models that call the op (standard operators, or
+  TensorRT's multi-scale deformable attention plugin node).
 
 Importing ``msda`` does not import torch. If torch is already imported, the torch API (and
 the ``torch.ops.msda`` ops) is registered right away; otherwise on first use of
@@ -19,13 +21,11 @@ import sys as _sys
 
 from . import _C
 
-__version__ = "0.1.0"
-
 _LAZY_ATTRIBUTES = {
     "ms_deform_attn": ("msda.ops", "ms_deform_attn"),
     "ms_deform_attn_backward": ("msda.ops", "ms_deform_attn_backward"),
 }
-_LAZY_MODULES = ("ops", "nn", "numpy")
+_LAZY_MODULES = ("ops", "nn", "numpy", "onnx")
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_backward", "library_version", "__version__"]
 
@@ -34,6 +34,10 @@ def library_version() -> str:
     """Version of the msda C library compiled into the extension, e.g. ``"0.1.0"``."""
     v = _C.version()
     return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
+# Written once, in the C header (MSDA_VERSION_*): the package's version is the library's.
+__version__ = library_version()
 
 
 def __getattr__(name):
