@@ -33,10 +33,10 @@ if [ -f pyproject.toml ] && [ "${MSDA_SKIP_PYTHON:-0}" != 1 ]; then
   python=${MSDA_PYTHON:-python3}
   echo "msda: installing into $("$python" -c 'import sys; print(sys.prefix)')"
   # The ONNX tests export with torch.onnx's dynamo exporter (onnxscript) and run the graphs in
-  # ONNX Runtime, on a small transformers Deformable DETR among others.
+  # ONNX Runtime and OpenVINO, on a small transformers Deformable DETR among others.
   "$python" -m pip install -q "torch==2.13.0" "triton==3.9.0" numpy pytest hypothesis \
     scikit-build-core nanobind "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2" \
-    "transformers==5.24.0"
+    "openvino==2026.4.1" "transformers==5.24.0"
   "$python" -m pip install -q --no-build-isolation .
   "$python" -m pytest -q tests/python
 fi

@@ -1,4 +1,4 @@
-"""msda.onnx: models that call msda's op export to ONNX and run in ONNX Runtime.
+"""msda.onnx: models that call msda's op export to ONNX and run in ONNX Runtime and OpenVINO.
 
 The standard form is checked against msda itself (the exported graph must reproduce msda's
 semantics, the gate included) at two batch and query sizes, so that a dimension frozen at
@@ -34,6 +34,27 @@ def _run(session, *arrays):
     names = [i.name for i in session.get_inputs()]
     assert len(names) == len(arrays), names
     return session.run(None, {n: a.numpy() for n, a in zip(names, arrays)})[0]
+
+
+def _runner(runtime, path):
+    """A function running the exported graph at `path` in ONNX Runtime or OpenVINO's CPU
+    plugin (in float32: OpenVINO would otherwise compute in bfloat16 where the CPU has it)."""
+    if runtime == "onnxruntime":
+        session = _session(path)
+        return lambda *arrays: _run(session, *arrays)
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                          "INFERENCE_NUM_THREADS": 2})
+    assert len(compiled.inputs) > 0
+
+    def run(*arrays):
+        assert len(arrays) == len(compiled.inputs)
+        return compiled([a.numpy() for a in arrays])[compiled.output(0)]
+
+    return run
+
+
+RUNTIMES = ["onnxruntime", "openvino"]
 
 
 def _assert_matches(got, expected, dtype=torch.float32):
@@ -100,8 +121,9 @@ def _border_locations(loc, levels):
     return loc
 
 
-@pytest.mark.parametrize("opset", [16, 20])
-def test_op_standard_form_matches_msda_with_dynamic_sizes(tmp_path, opset):
+@pytest.mark.parametrize("runtime,opset", [("onnxruntime", 16), ("onnxruntime", 20),
+                                           ("openvino", 16)])
+def test_op_standard_form_matches_msda_with_dynamic_sizes(tmp_path, runtime, opset):
     model = _Op(LEVELS).eval()
     path = tmp_path / "op.onnx"
     value, loc, attn = _op_inputs(2, 12)
@@ -114,13 +136,13 @@ def test_op_standard_form_matches_msda_with_dynamic_sizes(tmp_path, opset):
     # Batch and query count are symbolic in the graph, so other sizes run.
     dims = graph.graph.input[1].type.tensor_type.shape.dim
     assert dims[0].dim_param and dims[1].dim_param, dims
-    session = _session(path)
+    run = _runner(runtime, path)
     for batch, queries, seed in ((2, 12, 1), (3, 37, 2), (1, 1, 3)):
         value, loc, attn = _op_inputs(batch, queries, seed=seed)
         loc = _border_locations(loc, LEVELS)
         attn[:, -1] = math.nan  # A NaN weight counts wherever its point passes the gate.
         expected = model(value, loc, attn)
-        _assert_matches(_run(session, value, loc, attn), expected)
+        _assert_matches(run(value, loc, attn), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -199,8 +221,9 @@ def test_torchscript_exporter_standard_form(tmp_path):
     _assert_matches(_run(session, value, loc, attn), model(value, loc, attn))
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_mmcv_layer_exports_with_dynamic_batch_and_queries(tmp_path, batch_first):
+def test_mmcv_layer_exports_with_dynamic_batch_and_queries(tmp_path, batch_first, runtime):
     torch.manual_seed(0)
     E, H, P = 32, 4, 2
     layer = mnn.MultiScaleDeformableAttention(E, H, len(LEVELS), P, batch_first=batch_first,
@@ -235,10 +258,10 @@ def test_mmcv_layer_exports_with_dynamic_batch_and_queries(tmp_path, batch_first
     model = Wrapped().eval()
     path = tmp_path / "layer.onnx"
     monnx.export(model, inputs(2, 16, 0), path)
-    session = _session(path)
+    run = _runner(runtime, path)
     for batch, queries, seed in ((2, 16, 1), (3, 41, 2)):
         args = inputs(batch, queries, seed)
-        _assert_matches(_run(session, *args), model(*args))
+        _assert_matches(run(*args), model(*args))
 
 
 def _tiny_deformable_detr():
@@ -255,7 +278,8 @@ def _tiny_deformable_detr():
     return transformers.DeformableDetrModel(config).eval()
 
 
-def test_patched_transformers_deformable_detr_runs_in_onnx_runtime(tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_patched_transformers_deformable_detr_runs_in_onnx_runtime(tmp_path, runtime):
     detr = _tiny_deformable_detr()
     g = torch.Generator().manual_seed(0)
     probe = torch.randn(2, 3, 64, 80, generator=g)
@@ -280,12 +304,12 @@ def test_patched_transformers_deformable_detr_runs_in_onnx_runtime(tmp_path):
                  dynamic_shapes=({0: batch},))
     graph = onnx.load(str(path))
     assert sum(n.op_type == "GridSample" for n in graph.graph.node) == 2 * 3  # Per level.
-    session = _session(path)
+    run = _runner(runtime, path)
     for b in (2, 3):
         pixels = torch.randn(b, 3, 64, 80, generator=g)
         with torch.no_grad():
             expected = model(pixels)
-        _assert_matches(_run(session, pixels), expected)
+        _assert_matches(run(pixels), expected)
 
 
 def test_tensorrt_form_is_the_plugin_node(tmp_path):
