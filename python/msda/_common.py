@@ -13,6 +13,26 @@ def _shape(x):
     return list(x.shape)
 
 
+def level_start_index(spatial_shapes):
+    """Prefix sums of H_l * W_l starting at 0, from spatial_shapes [L, 2] rows (H_l, W_l).
+
+    The one helper behind ``msda.level_start_index`` and ``msda.numpy.level_start_index``: a
+    torch tensor gives a tensor on its device (traceable: plain tensor arithmetic), a NumPy
+    array or a nested list a NumPy array; integer inputs give int64.
+    """
+    if not hasattr(spatial_shapes, "cumsum"):
+        import numpy as np
+
+        spatial_shapes = np.asarray(spatial_shapes, dtype=np.int64)
+    if spatial_shapes.ndim != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] < 1:
+        raise ValueError(
+            "spatial_shapes: must have shape [levels, 2] with levels >= 1, got shape "
+            f"{_shape(spatial_shapes)}"
+        )
+    areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+    return areas.cumsum(0) - areas  # Exclusive prefix sums (cumsum widens to int64).
+
+
 def output_shape(value, sampling_locations):
     """[B, Q, H * D] from value [B, K, H, D] and sampling_locations [B, Q, H, L, P, 2].
 

@@ -14,7 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .ops import _level_start_index, ms_deform_attn
+from ._common import level_start_index as _level_start_index
+from .ops import ms_deform_attn
 
 __all__ = [
     "MultiScaleDeformableAttention",

@@ -8,7 +8,7 @@ copied first).
 import numpy as np
 
 from . import _C
-from ._common import check_num_threads, output_shape
+from ._common import check_num_threads, level_start_index, output_shape
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_backward", "level_start_index"]
 
@@ -25,13 +25,6 @@ def _array(name, x):
     if any(s < 0 or s % a.itemsize for s in a.strides):
         a = np.ascontiguousarray(a)
     return a
-
-
-def level_start_index(spatial_shapes):
-    """Prefix sums of H_l * W_l, starting at 0 (int64), from spatial_shapes [L, 2]."""
-    shapes = np.asarray(spatial_shapes, dtype=np.int64).reshape(-1, 2)
-    areas = shapes[:, 0] * shapes[:, 1]
-    return np.concatenate([np.zeros(1, np.int64), np.cumsum(areas)[:-1]]).astype(np.int64)
 
 
 def _inputs(value, spatial_shapes, level_start_index_, sampling_locations, attention_weights):

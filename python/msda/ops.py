@@ -14,8 +14,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _C
-from ._common import ARGUMENT_NAMES, output_shape
+from . import _C, _common
+from ._common import ARGUMENT_NAMES, level_start_index, output_shape
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_backward", "level_start_index"]
 
@@ -259,20 +259,6 @@ def _autocast_cpu(
 _autocast_lib.impl("ms_deform_attn", _autocast_cpu, "AutocastCPU", with_keyset=True)
 
 
-def _level_start_index(spatial_shapes: Tensor) -> Tensor:
-    """Prefix sums of H_l * W_l starting at 0, from spatial_shapes [L, 2] (same dtype)."""
-    if spatial_shapes.ndim != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] < 1:
-        raise ValueError(
-            "spatial_shapes: must have shape [levels, 2] with levels >= 1, got shape "
-            f"{list(spatial_shapes.shape)}"
-        )
-    areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
-    return torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
-
-
-level_start_index = _level_start_index
-
-
 def _index_tensor(name: str, x) -> Tensor:
     if isinstance(x, Tensor):
         return x
@@ -321,7 +307,7 @@ def ms_deform_attn(
     """
     spatial_shapes = _index_tensor("spatial_shapes", spatial_shapes)
     if level_start_index is None:
-        level_start_index = _level_start_index(spatial_shapes)
+        level_start_index = _common.level_start_index(spatial_shapes)
     else:
         level_start_index = _index_tensor("level_start_index", level_start_index)
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

@@ -1,4 +1,5 @@
 """Forward of msda.ms_deform_attn against the grid_sample oracle."""
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,23 @@ def test_list_spatial_shapes_and_computed_level_start_index():
     expected = oracle((v, ss, lsi, loc, attn))
     assert_close(msda.ms_deform_attn(v, ss.tolist(), None, loc, attn), expected)
     assert torch.equal(msda.ops.level_start_index(ss), lsi)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_level_start_index_helper_is_one_for_torch_and_numpy(dtype):
+    import msda.numpy as mnp
+
+    ss = torch.tensor([[7, 5], [3, 11], [1, 1], [2, 9]], dtype=dtype)
+    expected = [0, 35, 68, 69]
+    got = msda.ops.level_start_index(ss)
+    assert got.dtype == torch.int64 and got.tolist() == expected
+    for arg in (ss.numpy(), ss.tolist()):
+        got = mnp.level_start_index(arg)
+        assert got.dtype == np.int64 and got.tolist() == expected
+    assert mnp.level_start_index is msda.ops.level_start_index
+    for bad in ([3, 4, 1, 2], torch.zeros(0, 2, dtype=dtype), torch.zeros(2, 3, dtype=dtype)):
+        with pytest.raises(ValueError, match=r"^spatial_shapes: must have shape \[levels, 2\]"):
+            msda.ops.level_start_index(bad)
 
 
 def _strided(t, perm):
