@@ -42,7 +42,23 @@ HWY_INLINE hn::Vec<D> LoadRow(D d, const double* HWY_RESTRICT p) {
 template <class D>
 HWY_INLINE hn::Vec<D> LoadRow(D d, const Half* HWY_RESTRICT p) {
   const hn::Rebind<hwy::float16_t, D> dh;
-  return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
+  const auto h = hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p));
+#if (HWY_ARCH_X86 && HWY_TARGET >= HWY_SSE4) || HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
+  // Without a conversion instruction (x86 before F16C, the scalar targets) Highway 1.0's
+  // PromoteTo rebiases every exponent, so infinities and NaNs come out finite (+inf as 65536):
+  // those lanes are rebuilt here from their bits.
+  const hn::RebindToUnsigned<D> du;
+  const hn::Rebind<uint16_t, D> du16;
+  const auto bits = hn::PromoteTo(du, hn::BitCast(du16, h));
+  const auto exponent = hn::And(bits, hn::Set(du, 0x7C00u));
+  const auto special = hn::Or(
+      hn::ShiftLeft<16>(hn::And(bits, hn::Set(du, 0x8000u))),
+      hn::Or(hn::Set(du, 0x7F800000u), hn::ShiftLeft<13>(hn::And(bits, hn::Set(du, 0x3FFu)))));
+  return hn::IfThenElse(hn::RebindMask(d, hn::Eq(exponent, hn::Set(du, 0x7C00u))),
+                        hn::BitCast(d, special), hn::PromoteTo(d, h));
+#else
+  return hn::PromoteTo(d, h);
+#endif
 }
 template <class D>
 HWY_INLINE hn::Vec<D> LoadRow(D d, const BFloat16* HWY_RESTRICT p) {

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -176,6 +177,60 @@ TEST_P(HalfNumerics, NoNanFromFiniteInputs) {
                         t_grad_loc, t_grad_attn}) {
     msdaDestroyTensor(x);
   }
+}
+
+// Infinities and NaNs stored in a half-typed value reach the output as they are, on every SIMD
+// target (the vector loads widen them; a conversion that rebiased their exponent would make
+// +inf 65536). Query 0 sits on the centre of key 5, so output = value[5]; query 1 halfway
+// between keys 5 and 6, so output = (value[5] + value[6]) / 2.
+TEST_P(HalfNumerics, InfinityAndNanInValueReachTheOutput) {
+  const msdaDataType dtype = GetParam();
+  const int64_t side = 4, dims = 16, queries = 2;
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<unsigned char> value(static_cast<size_t>(side * side * dims * ElementBytes(dtype)));
+  for (int64_t k = 0; k < side * side; ++k) {
+    for (int64_t d = 0; d < dims; ++d) {
+      const double specials[3] = {inf, -inf, nan};
+      const double v = k == 5 ? specials[d % 3] : 1.0;
+      StoreElement(&value[(k * dims + d) * ElementBytes(dtype)], dtype, v);
+    }
+  }
+  // Key 5 is pixel (1, 1); key 6 is (1, 2).
+  std::vector<float> loc = {1.5f / side, 1.5f / side, 2.0f / side, 1.5f / side};
+  std::vector<unsigned char> attn(queries * ElementBytes(dtype));
+  for (int64_t q = 0; q < queries; ++q) StoreElement(&attn[q * ElementBytes(dtype)], dtype, 1.0);
+  std::vector<unsigned char> out(queries * dims * ElementBytes(dtype), 0);
+  std::vector<int64_t> shapes = {side, side}, starts = {0};
+  const int64_t vd[4] = {1, side * side, 1, dims}, sd[2] = {1, 2}, ld[1] = {1};
+  const int64_t pd[6] = {1, queries, 1, 1, 1, 2}, ad[5] = {1, queries, 1, 1, 1};
+  const int64_t od[3] = {1, queries, dims};
+  msdaTensor* t[6] = {
+      msdaCreateTensor(vd, 4, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, value.data()),
+      msdaCreateTensor(sd, 2, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, shapes.data()),
+      msdaCreateTensor(ld, 1, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, starts.data()),
+      msdaCreateTensor(pd, 6, MSDA_FLOAT32, nullptr, 0, MSDA_DEVICE_CPU, 0, loc.data()),
+      msdaCreateTensor(ad, 5, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, attn.data()),
+      msdaCreateTensor(od, 3, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, out.data())};
+  uint64_t size = 0;
+  msdaExecutor* e = nullptr;
+  ASSERT_EQ(msdaForwardGetWorkspaceSize(t[0], t[1], t[2], t[3], t[4], t[5], &size, &e),
+            MSDA_SUCCESS)
+      << msdaGetLastErrorMessage();
+  std::vector<unsigned char> workspace(size, 0xFF);
+  ASSERT_EQ(msdaForward(workspace.data(), size, e, nullptr), MSDA_SUCCESS);
+  for (int64_t q = 0; q < queries; ++q) {
+    for (int64_t d = 0; d < dims; ++d) {
+      const double got = LoadElement(&out[(q * dims + d) * ElementBytes(dtype)], dtype);
+      const double special = d % 3 == 0 ? inf : d % 3 == 1 ? -inf : nan;
+      if (std::isnan(special)) {
+        EXPECT_TRUE(std::isnan(got)) << "query " << q << " channel " << d << ": " << got;
+      } else {
+        EXPECT_EQ(got, special) << "query " << q << " channel " << d;
+      }
+    }
+  }
+  for (msdaTensor* x : t) msdaDestroyTensor(x);
 }
 
 INSTANTIATE_TEST_SUITE_P(HalfTypes, HalfNumerics, ::testing::Values(MSDA_FLOAT16, MSDA_BFLOAT16),
