@@ -22,6 +22,33 @@ using msda_test::UnitRoundoff;
 constexpr int64_t kSide = 1024;  // One level, kSide x kSide.
 constexpr int64_t kDims = 16;
 
+// The forward of one side x side level, one head, one point per query: value [side * side,
+// dims] and attention_weights [queries] in dtype, fp32 locations [queries, 2]; writes out
+// [queries, dims] in dtype.
+void ForwardOneLevel(msdaDataType dtype, int64_t side, int64_t dims, int64_t queries,
+                     std::vector<unsigned char>& value, std::vector<float>& loc,
+                     std::vector<unsigned char>& attn, std::vector<unsigned char>& out) {
+  std::vector<int64_t> shapes = {side, side}, starts = {0};
+  const int64_t vd[4] = {1, side * side, 1, dims}, sd[2] = {1, 2}, ld[1] = {1};
+  const int64_t pd[6] = {1, queries, 1, 1, 1, 2}, ad[5] = {1, queries, 1, 1, 1};
+  const int64_t od[3] = {1, queries, dims};
+  msdaTensor* t[6] = {
+      msdaCreateTensor(vd, 4, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, value.data()),
+      msdaCreateTensor(sd, 2, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, shapes.data()),
+      msdaCreateTensor(ld, 1, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, starts.data()),
+      msdaCreateTensor(pd, 6, MSDA_FLOAT32, nullptr, 0, MSDA_DEVICE_CPU, 0, loc.data()),
+      msdaCreateTensor(ad, 5, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, attn.data()),
+      msdaCreateTensor(od, 3, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, out.data())};
+  uint64_t size = 0;
+  msdaExecutor* e = nullptr;
+  EXPECT_EQ(msdaForwardGetWorkspaceSize(t[0], t[1], t[2], t[3], t[4], t[5], &size, &e),
+            MSDA_SUCCESS)
+      << msdaGetLastErrorMessage();
+  std::vector<unsigned char> workspace(size, 0xFF);
+  EXPECT_EQ(msdaForward(workspace.data(), size, e, nullptr), MSDA_SUCCESS);
+  for (msdaTensor* x : t) msdaDestroyTensor(x);
+}
+
 class HalfNumerics : public ::testing::TestWithParam<msdaDataType> {};
 
 // Channel d of value is one at pixel P_d and zero elsewhere (exact in every dtype). Query q
@@ -55,24 +82,8 @@ TEST_P(HalfNumerics, PositionsAreExactToFp32CoordinateError) {
   for (int64_t q = 0; q < queries; ++q) StoreElement(&attn[q * ElementBytes(dtype)], dtype, 1.0);
   std::vector<unsigned char> out(queries * kDims * ElementBytes(dtype), 0xFF);
 
-  std::vector<int64_t> shapes = {kSide, kSide}, starts = {0};
-  const int64_t vd[4] = {1, kSide * kSide, 1, kDims}, sd[2] = {1, 2}, ld[1] = {1};
-  const int64_t pd[6] = {1, queries, 1, 1, 1, 2}, ad[5] = {1, queries, 1, 1, 1};
-  const int64_t od[3] = {1, queries, kDims};
-  msdaTensor* t[6] = {
-      msdaCreateTensor(vd, 4, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, value.data()),
-      msdaCreateTensor(sd, 2, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, shapes.data()),
-      msdaCreateTensor(ld, 1, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, starts.data()),
-      msdaCreateTensor(pd, 6, MSDA_FLOAT32, nullptr, 0, MSDA_DEVICE_CPU, 0, loc.data()),
-      msdaCreateTensor(ad, 5, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, attn.data()),
-      msdaCreateTensor(od, 3, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, out.data())};
-  uint64_t size = 0;
-  msdaExecutor* e = nullptr;
-  ASSERT_EQ(msdaForwardGetWorkspaceSize(t[0], t[1], t[2], t[3], t[4], t[5], &size, &e),
-            MSDA_SUCCESS)
-      << msdaGetLastErrorMessage();
-  std::vector<unsigned char> workspace(size, 0xFF);
-  ASSERT_EQ(msdaForward(workspace.data(), size, e, nullptr), MSDA_SUCCESS);
+  ForwardOneLevel(dtype, kSide, kDims, queries, value, loc, attn, out);
+  ASSERT_FALSE(HasFailure());
 
   const double coordinate_error = std::ldexp(1.0, -24) * (2.0 * kSide + 4.0);
   double worst = 0;
@@ -100,7 +111,6 @@ TEST_P(HalfNumerics, PositionsAreExactToFp32CoordinateError) {
     }
   }
   RecordProperty("worst_error_over_tolerance", std::to_string(worst));
-  for (msdaTensor* x : t) msdaDestroyTensor(x);
 }
 
 // Large but finite inputs in half types never make NaN, forward or backward. Results can
@@ -201,24 +211,8 @@ TEST_P(HalfNumerics, InfinityAndNanInValueReachTheOutput) {
   std::vector<unsigned char> attn(queries * ElementBytes(dtype));
   for (int64_t q = 0; q < queries; ++q) StoreElement(&attn[q * ElementBytes(dtype)], dtype, 1.0);
   std::vector<unsigned char> out(queries * dims * ElementBytes(dtype), 0);
-  std::vector<int64_t> shapes = {side, side}, starts = {0};
-  const int64_t vd[4] = {1, side * side, 1, dims}, sd[2] = {1, 2}, ld[1] = {1};
-  const int64_t pd[6] = {1, queries, 1, 1, 1, 2}, ad[5] = {1, queries, 1, 1, 1};
-  const int64_t od[3] = {1, queries, dims};
-  msdaTensor* t[6] = {
-      msdaCreateTensor(vd, 4, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, value.data()),
-      msdaCreateTensor(sd, 2, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, shapes.data()),
-      msdaCreateTensor(ld, 1, MSDA_INT64, nullptr, 0, MSDA_DEVICE_CPU, 0, starts.data()),
-      msdaCreateTensor(pd, 6, MSDA_FLOAT32, nullptr, 0, MSDA_DEVICE_CPU, 0, loc.data()),
-      msdaCreateTensor(ad, 5, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, attn.data()),
-      msdaCreateTensor(od, 3, dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, out.data())};
-  uint64_t size = 0;
-  msdaExecutor* e = nullptr;
-  ASSERT_EQ(msdaForwardGetWorkspaceSize(t[0], t[1], t[2], t[3], t[4], t[5], &size, &e),
-            MSDA_SUCCESS)
-      << msdaGetLastErrorMessage();
-  std::vector<unsigned char> workspace(size, 0xFF);
-  ASSERT_EQ(msdaForward(workspace.data(), size, e, nullptr), MSDA_SUCCESS);
+  ForwardOneLevel(dtype, side, dims, queries, value, loc, attn, out);
+  ASSERT_FALSE(HasFailure());
   for (int64_t q = 0; q < queries; ++q) {
     for (int64_t d = 0; d < dims; ++d) {
       const double got = LoadElement(&out[(q * dims + d) * ElementBytes(dtype)], dtype);
@@ -230,7 +224,6 @@ TEST_P(HalfNumerics, InfinityAndNanInValueReachTheOutput) {
       }
     }
   }
-  for (msdaTensor* x : t) msdaDestroyTensor(x);
 }
 
 INSTANTIATE_TEST_SUITE_P(HalfTypes, HalfNumerics, ::testing::Values(MSDA_FLOAT16, MSDA_BFLOAT16),
