@@ -1,6 +1,7 @@
 # Runs every `bash scripts/run_example.sh ...` line of README.md on the examples already built,
 # so the README's example lines are tested as written (scripts/run_example.sh itself only adds
-# setup and a build). Called by ctest with -DREADME=... -DEXAMPLES_DIR=...
+# setup and a build). Called by ctest with -DREADME=... -DEXAMPLES_DIR=... (and -DEMULATOR=...
+# in a cross build).
 file(STRINGS "${README}" lines REGEX "bash scripts/run_example.sh")
 set(count 0)
 foreach(line IN LISTS lines)
@@ -15,7 +16,7 @@ foreach(line IN LISTS lines)
       list(REMOVE_ITEM arguments --aclnn)
     endif()
     message(STATUS "README: ${example} ${arguments}")
-    execute_process(COMMAND "${EXAMPLES_DIR}/${example}" ${arguments}
+    execute_process(COMMAND ${EMULATOR} "${EXAMPLES_DIR}/${example}" ${arguments}
                     RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE output)
     if(NOT result EQUAL 0)
       message(FATAL_ERROR "README's `${command}` failed (${result}):\n${output}")

@@ -11,8 +11,14 @@ missing=()
 command -v g++ > /dev/null || missing+=(g++)
 command -v cmake > /dev/null || missing+=(cmake)
 command -v ninja > /dev/null || missing+=(ninja-build)
-[ -f /usr/include/gtest/gtest.h ] || missing+=(libgtest-dev)
-[ -f /usr/include/hwy/highway.h ] || missing+=(libhwy-dev)  # Google Highway: SIMD dispatch.
+# The host's own builds of the libraries: headers alone may come from another architecture's
+# package (scripts/arm.sh installs the arm64 ones, multiarch, beside the host's).
+native_package() {
+  dpkg-query -W -f='${Status}' "$1:$(dpkg --print-architecture)" 2> /dev/null |
+    grep -q "ok installed"
+}
+native_package libgtest-dev || missing+=(libgtest-dev)
+native_package libhwy-dev || missing+=(libhwy-dev)  # Google Highway: SIMD dispatch.
 command -v python3 > /dev/null || missing+=(python3 python3-pip python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "msda setup: installing Debian packages: ${missing[*]}"

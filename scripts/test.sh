@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Every test: installs what is missing, builds with -Werror, runs the C++ suite (GoogleTest on
-# every SIMD target, the example, the install consumer) through ctest, the same suite under
-# ASan + UBSan, a 60 s fuzz run, then the Python package's tests and the packages (wheel,
-# sdist). MSDA_SKIP_SANITIZE=1, MSDA_FUZZ_SECONDS=0, MSDA_SKIP_PYTHON=1 and
-# MSDA_SKIP_PACKAGING=1 skip parts for a quick local run. The Python tests install msda-ops
-# (and torch, pytest, ...) into the python3 on PATH (MSDA_PYTHON names another interpreter,
-# e.g. a venv's); the package tests use fresh venvs of their own.
+# every SIMD target, the example, the install consumer) through ctest, the aarch64 cross build
+# with a subset of its tests under qemu-user, the same suite under ASan + UBSan, a 60 s fuzz
+# run, then the Python package's tests and the packages (wheel, sdist). MSDA_SKIP_ARM=1,
+# MSDA_SKIP_SANITIZE=1, MSDA_FUZZ_SECONDS=0, MSDA_SKIP_PYTHON=1 and MSDA_SKIP_PACKAGING=1 skip
+# parts for a quick local run. The Python tests install msda-ops (and torch, pytest, ...) into
+# the python3 on PATH (MSDA_PYTHON names another interpreter, e.g. a venv's); the package tests
+# use fresh venvs of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,6 +17,12 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMSDA_WERROR=ON \
   -DMSDA_BUILD_TESTS=ON -DMSDA_BUILD_EXAMPLES=ON -DMSDA_BUILD_BENCH=ON
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" --output-on-failure -j "$jobs"
+
+# The aarch64 cross build and a bounded subset of its tests under qemu-user: NEON, SVE and
+# SVE2 kernels with 1 and 2 threads (scripts/arm.sh --all runs every test).
+if [ "${MSDA_SKIP_ARM:-0}" != 1 ]; then
+  bash scripts/arm.sh
+fi
 
 # The whole C++ suite again under ASan + UBSan (scripts/sanitize.sh thread runs TSan).
 if [ "${MSDA_SKIP_SANITIZE:-0}" != 1 ]; then

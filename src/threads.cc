@@ -2,24 +2,40 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 namespace msda {
 namespace {
 
+// One ParallelFor call. fn, num_tasks and num_threads are written before the job is queued and
+// read by helpers after they dequeue it; the pool's mutex orders the two, so the atomics below
+// only count.
+//
+// No wait here spins: helpers sleep on the pool's condition variable and the caller on the
+// job's, and the caller runs tasks itself until none are left, so a call finishes on one core,
+// under emulation, or when no helper ever wakes.
 struct Job {
   const std::function<void(int64_t, int)>* fn = nullptr;
   int64_t num_tasks = 0;
+  // Relaxed: a task number only has to be handed out once; fetch_add's atomicity gives that,
+  // and nothing else is published through it.
   std::atomic<int64_t> next_task{0};
-  std::atomic<int> next_thread_index{1};  // Index 0 is the caller's.
+  // Relaxed, for the same reason: it hands out distinct thread indices. Index 0 is the caller's.
+  std::atomic<int> next_thread_index{1};
   int num_threads = 1;
+  // Counts finished tasks. Each fetch_add releases what its thread's tasks wrote; they are all
+  // read-modify-writes, so they form one release sequence and the caller's acquire load that
+  // sees num_tasks sees every task's writes. No thread reads results after its own fetch_add,
+  // so no acquire is needed there.
   std::atomic<int64_t> done_tasks{0};
   std::mutex mutex;
   std::condition_variable finished;
@@ -33,7 +49,9 @@ struct Job {
       (*fn)(task, thread_index);
       ++ran;
     }
-    if (ran > 0 && done_tasks.fetch_add(ran, std::memory_order_acq_rel) + ran == num_tasks) {
+    if (ran > 0 && done_tasks.fetch_add(ran, std::memory_order_release) + ran == num_tasks) {
+      // Under the job's mutex, so the caller cannot test the predicate, miss this notify and
+      // then sleep for ever.
       std::lock_guard<std::mutex> lock(mutex);
       finished.notify_all();
     }
@@ -45,7 +63,8 @@ class Pool {
   static Pool& Get() {
     // Leaked on purpose: worker threads must not be joined during static destruction.
     // The first call publishes the pool under the thread-safe static initialisation; every
-    // call reads it through the atomic, which a fork may replace.
+    // call reads it through the atomic, which a fork may replace. Release and acquire: a
+    // thread that loads the pointer must also see the pool it points to constructed.
     static const bool initialised = [] {
       // A forked child (a PyTorch DataLoader worker, say) has none of the parent's worker
       // threads and may inherit a locked mutex: give it a fresh pool. The old one leaks.
@@ -62,14 +81,17 @@ class Pool {
     auto job = std::make_shared<Job>();
     job->fn = &fn;
     job->num_tasks = num_tasks;
-    job->num_threads = num_threads;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      EnsureWorkers(num_threads - 1);
-      for (int i = 1; i < num_threads; ++i) queue_.push_back(job);
+      // If the system refuses new threads the call runs on the helpers there are (or on the
+      // caller alone): fewer thread indices are used, the results are the same.
+      const int helpers = EnsureWorkers(num_threads - 1);
+      job->num_threads = helpers + 1;
+      for (int i = 0; i < helpers; ++i) queue_.push_back(job);
     }
     wake_.notify_all();
     job->Work(0);
+    // Acquire, pairing with the helpers' release: fn's writes are visible once this returns.
     std::unique_lock<std::mutex> lock(job->mutex);
     job->finished.wait(
         lock, [&] { return job->done_tasks.load(std::memory_order_acquire) == job->num_tasks; });
@@ -78,11 +100,17 @@ class Pool {
   }
 
  private:
-  void EnsureWorkers(int count) {
+  // Starts workers until there are count; returns how many there are, at most count.
+  int EnsureWorkers(int count) {
     while (static_cast<int>(workers_.size()) < count) {
-      workers_.emplace_back([this] { Loop(); });
+      try {
+        workers_.emplace_back([this] { Loop(); });
+      } catch (const std::system_error&) {  // EAGAIN: a thread or process limit.
+        break;
+      }
       workers_.back().detach();
     }
+    return std::min(count, static_cast<int>(workers_.size()));
   }
 
   void Loop() {

@@ -26,14 +26,22 @@ endif()
 if(CONSUMER_WITH_ACLNN)
   list(APPEND extra -DCONSUMER_WITH_ACLNN=ON)
 endif()
+# A cross build (cmake/aarch64-linux-gnu.cmake) cross-builds the consumer with the same
+# toolchain and runs it under the emulator. The toolchain's find root would re-root the scratch
+# prefix, so the package is named by its directory.
+if(CONSUMER_TOOLCHAIN_FILE)
+  file(GLOB_RECURSE config_file ${prefix}/msdaConfig.cmake)
+  get_filename_component(config_dir "${config_file}" DIRECTORY)
+  list(APPEND extra -DCMAKE_TOOLCHAIN_FILE=${CONSUMER_TOOLCHAIN_FILE} -Dmsda_DIR=${config_dir})
+endif()
 run(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/build
     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release ${extra})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build ${config_args})
 find_program(consumer consumer PATHS ${WORK_DIR}/build ${WORK_DIR}/build/${BUILD_CONFIG}
              NO_DEFAULT_PATH REQUIRED)
-run(${consumer})
+run(${EMULATOR} ${consumer})
 if(CONSUMER_WITH_ACLNN)
   find_program(aclnn_consumer aclnn_consumer
                PATHS ${WORK_DIR}/build ${WORK_DIR}/build/${BUILD_CONFIG} NO_DEFAULT_PATH REQUIRED)
-  run(${aclnn_consumer})
+  run(${EMULATOR} ${aclnn_consumer})
 endif()

@@ -67,11 +67,7 @@ void RunBackwardTarget(const msdaExecutor& e, void* workspace) {
     char* ws = static_cast<char*>(workspace);
     const bool copy = grads.value && bp.head_major;
     const BackwardPoints<T, Loc, Acc> kernel{
-        e.problem,
-        e.params,
-        e.plan,
-        ws,
-        e.plan.simd_geometry ? &e.plan.point_levels : nullptr,
+        {MakeKernelContext(e, workspace)},
         ValueRows<T>{e.problem, e.params,
                      copy ? reinterpret_cast<const T*>(ws + bp.value_copy_offset) : nullptr}};
     if (!grads.value) {

@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "cpu/geometry-inl.h"
+#include "cpu/kernel_context.h"
 #include "cpu/rows-inl.h"
 #include "cpu/sampling.h"
 #include "cpu/value_copy.h"
@@ -65,12 +66,7 @@ struct NoValueGradient {
 };
 
 template <typename T, typename Loc, typename Acc>
-struct BackwardPoints {
-  const Problem& p;
-  const Params& prm;
-  const Plan& plan;
-  char* workspace;
-  const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
+struct BackwardPoints : KernelContext {
   // The rows to read: the caller's value, or the current batch item's head-major copy.
   ValueRows<T> value_rows;
 
@@ -79,7 +75,6 @@ struct BackwardPoints {
 
   const BackwardPlan& bp() const { return plan.backward; }
   int64_t NumPoints() const { return p.num_levels() * p.points; }
-  char* Scratch(int thread_index) const { return workspace + thread_index * plan.scratch.bytes; }
   HeadRows<T> RowsOf(int64_t b, int64_t h) const {
     return HeadRows<T>{value_rows.Of(b, h), value_rows.KeyStride(), value_rows.DimStride()};
   }

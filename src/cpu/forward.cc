@@ -24,6 +24,7 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/geometry-inl.h"
+#include "cpu/kernel_context.h"
 #include "cpu/kernels.h"
 #include "cpu/prefetch.h"
 #include "cpu/rows-inl.h"
@@ -39,12 +40,7 @@ namespace cpu {
 namespace HWY_NAMESPACE {
 
 template <typename T, typename Loc, typename Acc>
-struct ForwardKernel {
-  const Problem& p;
-  const Params& prm;
-  const Plan& plan;
-  char* workspace;
-  const PointLevels* levels;  // Non-null when the SIMD geometry pass applies.
+struct ForwardKernel : KernelContext {
   // The rows to gather: the caller's value, or this batch item's head-major copy.
   ValueRows<T> value_rows;
 
@@ -78,7 +74,7 @@ struct ForwardKernel {
   void RunTilePipelined(int64_t batch, int64_t q_begin, int64_t q_end, int64_t h_begin,
                         int64_t h_end, int thread_index) const {
     const ScratchLayout& s = plan.scratch;
-    char* scratch = workspace + thread_index * s.bytes;
+    char* scratch = Scratch(thread_index);
     int32_t* rows[2] = {reinterpret_cast<int32_t*>(scratch + s.corner_offsets),
                         reinterpret_cast<int32_t*>(scratch + s.next_rows)};
     float* weights[2] = {reinterpret_cast<float*>(scratch + s.corner_weights),
@@ -198,7 +194,7 @@ struct ForwardKernel {
   // every d.
   void RunQuery(int64_t batch, int64_t q, int64_t head, int thread_index) const {
     const ScratchLayout& s = plan.scratch;
-    char* scratch = workspace + thread_index * s.bytes;
+    char* scratch = Scratch(thread_index);
     int64_t* offsets = reinterpret_cast<int64_t*>(scratch + s.corner_offsets);  // [L * P * 4]
     Acc* weights = reinterpret_cast<Acc*>(scratch + s.corner_weights);          // [L * P * 4]
     Acc* acc = reinterpret_cast<Acc*>(scratch + s.row);                         // [D]
@@ -268,11 +264,7 @@ void RunForwardTarget(const msdaExecutor& e, void* workspace) {
     using Loc = decltype(loc);
     using Acc = decltype(acc);
     T* copy = f.head_major ? reinterpret_cast<T*>(ws + f.value_copy_offset) : nullptr;
-    const ForwardKernel<T, Loc, Acc> kernel{e.problem,
-                                            e.params,
-                                            e.plan,
-                                            ws,
-                                            e.plan.simd_geometry ? &e.plan.point_levels : nullptr,
+    const ForwardKernel<T, Loc, Acc> kernel{{MakeKernelContext(e, workspace)},
                                             ValueRows<T>{e.problem, e.params, copy}};
     if (!f.head_major) {
       ParallelFor(e.plan.num_threads, f.num_tiles,

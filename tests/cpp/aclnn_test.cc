@@ -27,12 +27,18 @@ using AclTensorPtr = std::unique_ptr<aclTensor, AclTensorDeleter>;
 
 aclDataType ToAcl(msdaDataType dtype) {
   switch (dtype) {
-    case MSDA_FLOAT32: return ACL_FLOAT;
-    case MSDA_FLOAT16: return ACL_FLOAT16;
-    case MSDA_BFLOAT16: return ACL_BF16;
-    case MSDA_FLOAT64: return ACL_DOUBLE;
-    case MSDA_INT32: return ACL_INT32;
-    case MSDA_INT64: return ACL_INT64;
+    case MSDA_FLOAT32:
+      return ACL_FLOAT;
+    case MSDA_FLOAT16:
+      return ACL_FLOAT16;
+    case MSDA_BFLOAT16:
+      return ACL_BF16;
+    case MSDA_FLOAT64:
+      return ACL_DOUBLE;
+    case MSDA_INT32:
+      return ACL_INT32;
+    case MSDA_INT64:
+      return ACL_INT64;
   }
   return ACL_DT_UNDEFINED;
 }
@@ -42,8 +48,7 @@ aclDataType ToAcl(msdaDataType dtype) {
 AclTensorPtr AclView(HostTensor& t, aclFormat format = ACL_FORMAT_ND) {
   const int64_t storage = static_cast<int64_t>(t.storage_bytes()) / ElementBytes(t.dtype());
   AclTensorPtr view(aclCreateTensor(t.dims().data(), t.dims().size(), ToAcl(t.dtype()),
-                                    t.strides().data(), t.offset(), format, &storage, 1,
-                                    t.data()));
+                                    t.strides().data(), t.offset(), format, &storage, 1, t.data()));
   EXPECT_NE(view, nullptr) << aclGetRecentErrMsg();
   return view;
 }
@@ -62,8 +67,8 @@ struct Shape {
 
 // The layouts of the nine tensors: row-major, or strided views with offsets and gaps.
 struct Layouts {
-  Layout value, shapes, starts, locations, weights, output, grad_output, grad_value,
-      grad_locations, grad_weights;
+  Layout value, shapes, starts, locations, weights, output, grad_output, grad_value, grad_locations,
+      grad_weights;
 };
 
 Layouts RowMajorLayouts() { return Layouts(); }
@@ -139,32 +144,31 @@ struct AclCall {
 
   aclnnStatus PlanForward(uint64_t* size, aclOpExecutor** executor) const {
     return aclnnMultiScaleDeformableAttnFuncV2GetWorkspaceSize(
-        value.get(), shapes.get(), starts.get(), locations.get(), weights.get(), output.get(),
-        size, executor);
+        value.get(), shapes.get(), starts.get(), locations.get(), weights.get(), output.get(), size,
+        executor);
   }
   aclnnStatus PlanGrad(uint64_t* size, aclOpExecutor** executor) const {
     return aclnnMultiScaleDeformableAttnGradV2GetWorkspaceSize(
-        value.get(), shapes.get(), starts.get(), locations.get(), weights.get(),
-        grad_output.get(), grad_value.get(), grad_locations.get(), grad_weights.get(), size,
-        executor);
+        value.get(), shapes.get(), starts.get(), locations.get(), weights.get(), grad_output.get(),
+        grad_value.get(), grad_locations.get(), grad_weights.get(), size, executor);
   }
 };
 
 void RunMsda(Call& c) {
   uint64_t size = 0;
   msdaExecutor* executor = nullptr;
-  ASSERT_EQ(msdaForwardGetWorkspaceSize(c.value.get(), c.shapes.get(), c.starts.get(),
-                                        c.locations.get(), c.weights.get(), c.output.get(),
-                                        &size, &executor),
-            MSDA_SUCCESS)
+  ASSERT_EQ(
+      msdaForwardGetWorkspaceSize(c.value.get(), c.shapes.get(), c.starts.get(), c.locations.get(),
+                                  c.weights.get(), c.output.get(), &size, &executor),
+      MSDA_SUCCESS)
       << LastError();
   Workspace forward_workspace(size);
   ASSERT_EQ(msdaForward(forward_workspace.data(), size, executor, nullptr), MSDA_SUCCESS);
-  ASSERT_EQ(msdaBackwardGetWorkspaceSize(c.value.get(), c.shapes.get(), c.starts.get(),
-                                         c.locations.get(), c.weights.get(), c.grad_output.get(),
-                                         c.grad_value.get(), c.grad_locations.get(),
-                                         c.grad_weights.get(), &size, &executor),
-            MSDA_SUCCESS)
+  ASSERT_EQ(
+      msdaBackwardGetWorkspaceSize(c.value.get(), c.shapes.get(), c.starts.get(), c.locations.get(),
+                                   c.weights.get(), c.grad_output.get(), c.grad_value.get(),
+                                   c.grad_locations.get(), c.grad_weights.get(), &size, &executor),
+      MSDA_SUCCESS)
       << LastError();
   Workspace backward_workspace(size);
   ASSERT_EQ(msdaBackward(backward_workspace.data(), size, executor, nullptr), MSDA_SUCCESS);
@@ -338,9 +342,9 @@ TEST_F(AclnnRefusals, MsdaRulesKeepMsdaMessages) {
 
 TEST_F(AclnnRefusals, BadShapes) {
   // One query too many in the weights (V15), and a rank-5 value (V9).
-  HostTensor weights({shape_.batch, shape_.queries + 1, shape_.heads, shape_.num_levels(),
-                      shape_.points},
-                     MSDA_FLOAT32);
+  HostTensor weights(
+      {shape_.batch, shape_.queries + 1, shape_.heads, shape_.num_levels(), shape_.points},
+      MSDA_FLOAT32);
   acl_.weights = AclView(weights);
   ExpectForwardRefused(ACLNN_ERR_PARAM_INVALID, "attention_weights: dim 1 (queries");
   acl_.weights = AclView(call_.weights);
@@ -421,32 +425,29 @@ TEST(AclCreateTensor, RefusesBadViews) {
   std::vector<float> data(64);
   const int64_t dims[2] = {4, 4};
   const int64_t negative[2] = {4, -1};
-  EXPECT_EQ(aclCreateTensor(dims, 2, ACL_FLOAT, negative, 0, ACL_FORMAT_ND, nullptr, 0,
-                            data.data()),
-            nullptr);
+  EXPECT_EQ(
+      aclCreateTensor(dims, 2, ACL_FLOAT, negative, 0, ACL_FORMAT_ND, nullptr, 0, data.data()),
+      nullptr);
   EXPECT_STREQ(aclGetRecentErrMsg(), "tensor: stride 1 must be >= 0, got -1");
-  EXPECT_EQ(aclCreateTensor(dims, 2, ACL_FLOAT, nullptr, -1, ACL_FORMAT_ND, nullptr, 0,
-                            data.data()),
-            nullptr);
-  EXPECT_EQ(aclCreateTensor(dims, 9, ACL_FLOAT, nullptr, 0, ACL_FORMAT_ND, nullptr, 0,
-                            data.data()),
+  EXPECT_EQ(
+      aclCreateTensor(dims, 2, ACL_FLOAT, nullptr, -1, ACL_FORMAT_ND, nullptr, 0, data.data()),
+      nullptr);
+  EXPECT_EQ(aclCreateTensor(dims, 9, ACL_FLOAT, nullptr, 0, ACL_FORMAT_ND, nullptr, 0, data.data()),
             nullptr);
   // The view must lie within its storage dims: 3 + 16 elements do not fit in 18.
   const int64_t storage = 18;
-  EXPECT_EQ(aclCreateTensor(dims, 2, ACL_FLOAT, nullptr, 3, ACL_FORMAT_ND, &storage, 1,
-                            data.data()),
-            nullptr);
-  EXPECT_NE(std::string(aclGetRecentErrMsg()).find("reaches storage element 18"),
-            std::string::npos)
+  EXPECT_EQ(
+      aclCreateTensor(dims, 2, ACL_FLOAT, nullptr, 3, ACL_FORMAT_ND, &storage, 1, data.data()),
+      nullptr);
+  EXPECT_NE(std::string(aclGetRecentErrMsg()).find("reaches storage element 18"), std::string::npos)
       << aclGetRecentErrMsg();
-  EXPECT_EQ(aclCreateTensor(dims, 2, ACL_FLOAT, nullptr, 0, ACL_FORMAT_ND, nullptr, 1,
-                            data.data()),
+  EXPECT_EQ(aclCreateTensor(dims, 2, ACL_FLOAT, nullptr, 0, ACL_FORMAT_ND, nullptr, 1, data.data()),
             nullptr);
   // Strided: rows 8 apart, offset 2: the last element is 2 + 3 * 8 + 3 = 29.
   const int64_t strides[2] = {8, 1};
   const int64_t storage_dims[2] = {6, 5};
-  aclTensor* fits = aclCreateTensor(dims, 2, ACL_FLOAT, strides, 2, ACL_FORMAT_ND, storage_dims,
-                                    2, data.data());
+  aclTensor* fits =
+      aclCreateTensor(dims, 2, ACL_FLOAT, strides, 2, ACL_FORMAT_ND, storage_dims, 2, data.data());
   EXPECT_NE(fits, nullptr) << aclGetRecentErrMsg();
   EXPECT_EQ(aclDestroyTensor(fits), ACLNN_SUCCESS);
   EXPECT_EQ(aclDestroyTensor(nullptr), ACLNN_SUCCESS);

@@ -99,8 +99,8 @@ struct ForwardCall {
 
   msdaStatus Plan(uint64_t* ws, msdaExecutor** ex) {
     return msdaForwardGetWorkspaceSize(inputs->value.get(), inputs->shapes.get(),
-                                       inputs->starts.get(), inputs->loc.get(),
-                                       inputs->attn.get(), out.get(), ws, ex);
+                                       inputs->starts.get(), inputs->loc.get(), inputs->attn.get(),
+                                       out.get(), ws, ex);
   }
   void ExpectCorrect() {
     const ForwardResult ref =
@@ -129,16 +129,16 @@ struct BackwardCall {
 
   msdaStatus Plan(uint64_t* ws, msdaExecutor** ex) {
     return msdaBackwardGetWorkspaceSize(inputs->value.get(), inputs->shapes.get(),
-                                        inputs->starts.get(), inputs->loc.get(),
-                                        inputs->attn.get(), grad_out.get(), grad_value.get(),
-                                        grad_loc.get(), grad_attn.get(), ws, ex);
+                                        inputs->starts.get(), inputs->loc.get(), inputs->attn.get(),
+                                        grad_out.get(), grad_value.get(), grad_loc.get(),
+                                        grad_attn.get(), ws, ex);
   }
   void ExpectCorrect() {
     const Problem& p = t.problem();
-    const BackwardResult ref = ReferenceBackward(p, Current(*inputs, &grad_out),
-                                                 ArithmeticRoundoff(t.value_dtype()));
-    ExpectClose("grad_value", grad_value.GetAll(), ref.grad_value, ref.bound_value,
-                t.value_dtype(), p.value_dims());
+    const BackwardResult ref =
+        ReferenceBackward(p, Current(*inputs, &grad_out), ArithmeticRoundoff(t.value_dtype()));
+    ExpectClose("grad_value", grad_value.GetAll(), ref.grad_value, ref.bound_value, t.value_dtype(),
+                p.value_dims());
     ExpectClose("grad_sampling_locations", grad_loc.GetAll(), ref.grad_loc, ref.bound_loc,
                 t.loc_dtype(), p.loc_dims());
     ExpectClose("grad_attention_weights", grad_attn.GetAll(), ref.grad_attn, ref.bound_attn,

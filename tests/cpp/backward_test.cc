@@ -11,30 +11,15 @@
 
 #include "msda/msda.h"
 #include "reference.h"
+#include "shapes.h"
 #include "tester.h"
 
 namespace msda_test {
 namespace {
 
-using DtypeCase = std::tuple<msdaDataType, msdaDataType, msdaDataType>;
-
 class BackwardDtype : public ::testing::TestWithParam<DtypeCase> {};
 
-TEST_P(BackwardDtype, MatchesReference) {
-  const auto [vt, lt, it] = GetParam();
-  MsdaTester()
-      .Batch(2)
-      .Queries(7)
-      .Heads(3)
-      .Dims(5)
-      .Points(3)
-      .LevelShapes({{5, 7}, {3, 2}, {1, 1}})
-      .Dtype(vt)
-      .LocDtype(lt)
-      .IndexDtype(it)
-      .LocRange(-0.2, 1.2)
-      .TestBackward();
-}
+TEST_P(BackwardDtype, MatchesReference) { DtypeCaseTester(GetParam()).TestBackward(); }
 
 TEST_P(BackwardDtype, MatchesReferenceWhenQueriesShareCorners) {
   // A 3x3 map and many points: every key row collects dozens of contributions.
@@ -52,20 +37,7 @@ TEST_P(BackwardDtype, MatchesReferenceWhenQueriesShareCorners) {
       .TestBackward();
 }
 
-INSTANTIATE_TEST_SUITE_P(AllDtypes, BackwardDtype,
-                         ::testing::Values(DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT64},
-                                           DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT32},
-                                           DtypeCase{MSDA_FLOAT16, MSDA_FLOAT16, MSDA_INT64},
-                                           DtypeCase{MSDA_FLOAT16, MSDA_FLOAT32, MSDA_INT32},
-                                           DtypeCase{MSDA_BFLOAT16, MSDA_BFLOAT16, MSDA_INT32},
-                                           DtypeCase{MSDA_BFLOAT16, MSDA_FLOAT32, MSDA_INT64},
-                                           DtypeCase{MSDA_FLOAT64, MSDA_FLOAT64, MSDA_INT64},
-                                           DtypeCase{MSDA_FLOAT64, MSDA_FLOAT32, MSDA_INT32}),
-                         [](const ::testing::TestParamInfo<DtypeCase>& info) {
-                           return std::string(DtypeName(std::get<0>(info.param))) + "_loc" +
-                                  DtypeName(std::get<1>(info.param)) + "_" +
-                                  DtypeName(std::get<2>(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(AllDtypes, BackwardDtype, AllDtypeCases(), DtypeCaseName);
 
 // ---------------------------------------------------------------------------------------------
 // Any subset of the three gradients.
@@ -101,134 +73,15 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // ---------------------------------------------------------------------------------------------
-// Map shapes and sizes.
+// Map shapes and sizes: the catalogue the forward is tested on too (shapes.h), and a problem
+// too large for the grad_value reduction to take in one pass.
 
-TEST(BackwardShapes, OneByOneMap) {
-  MsdaTester()
-      .Queries(9)
-      .Heads(2)
-      .Dims(3)
-      .Points(4)
-      .LevelShapes({{1, 1}})
-      .LocRange(-0.6, 1.6)
-      .TestBackward();
-}
+class BackwardShapes : public ::testing::TestWithParam<ShapeCase> {};
 
-TEST(BackwardShapes, OneRowMap) {
-  MsdaTester()
-      .Queries(9)
-      .Heads(2)
-      .Dims(3)
-      .Points(4)
-      .LevelShapes({{1, 9}})
-      .LocRange(-0.3, 1.3)
-      .TestBackward();
-}
+TEST_P(BackwardShapes, MatchesReference) { MsdaTester(GetParam().tester).TestBackward(); }
 
-TEST(BackwardShapes, OneColumnMap) {
-  MsdaTester()
-      .Queries(9)
-      .Heads(2)
-      .Dims(3)
-      .Points(4)
-      .LevelShapes({{9, 1}})
-      .LocRange(-0.3, 1.3)
-      .TestBackward();
-}
-
-TEST(BackwardShapes, DegenerateMapsTogether) {
-  MsdaTester()
-      .Batch(2)
-      .Queries(6)
-      .Heads(2)
-      .Dims(4)
-      .Points(3)
-      .LevelShapes({{1, 1}, {1, 7}, {7, 1}, {4, 6}})
-      .LocRange(-0.5, 1.5)
-      .Dtype(MSDA_FLOAT16)
-      .TestBackward();
-}
-
-TEST(BackwardShapes, OneLevel) {
-  MsdaTester().Queries(10).Heads(2).Dims(8).Points(4).LevelShapes({{11, 13}}).TestBackward();
-}
-
-MsdaTester::Levels SixteenLevels() {
-  MsdaTester::Levels levels;
-  for (int64_t l = 0; l < 16; ++l) levels.push_back({l % 5 + 1, (3 * l) % 7 + 1});
-  return levels;
-}
-
-TEST(BackwardShapes, SixteenLevels) {
-  MsdaTester().Queries(5).Heads(2).Dims(4).Points(4).LevelShapes(SixteenLevels()).TestBackward();
-}
-
-TEST(BackwardShapes, SixteenLevelsSixteenPointsSixteenHeads) {
-  MsdaTester()
-      .Queries(3)
-      .Heads(16)
-      .Dims(2)
-      .Points(16)
-      .LevelShapes(SixteenLevels())
-      .Dtype(MSDA_BFLOAT16)
-      .TestBackward();
-}
-
-TEST(BackwardShapes, SixteenPoints) {
-  MsdaTester().Queries(6).Heads(2).Dims(8).Points(16).LevelShapes({{8, 8}, {4, 4}}).TestBackward();
-}
-
-TEST(BackwardShapes, SixteenHeads) {
-  MsdaTester().Queries(6).Heads(16).Dims(8).Points(2).LevelShapes({{8, 8}, {4, 4}}).TestBackward();
-}
-
-TEST(BackwardShapes, AllPointsOutsideTheMapsGiveZeroGradients) {
-  MsdaTester().Queries(5).LocRange(1.6, 3.0).TestBackward();
-  MsdaTester().Queries(5).LocRange(-3.0, -0.6).TestBackward();
-}
-
-class BackwardEmbedDims : public ::testing::TestWithParam<std::tuple<int64_t, msdaDataType>> {};
-
-TEST_P(BackwardEmbedDims, MatchesReference) {
-  const auto [dims, dtype] = GetParam();
-  MsdaTester()
-      .Queries(4)
-      .Heads(2)
-      .Dims(dims)
-      .Points(4)
-      .LevelShapes({{6, 5}, {3, 3}})
-      .Dtype(dtype)
-      .TestBackward();
-}
-
-INSTANTIATE_TEST_SUITE_P(D, BackwardEmbedDims,
-                         ::testing::Combine(::testing::Values(1, 8, 32, 256, 264),
-                                            ::testing::Values(MSDA_FLOAT32, MSDA_BFLOAT16)),
-                         [](const ::testing::TestParamInfo<std::tuple<int64_t, msdaDataType>>& i) {
-                           return "D" + std::to_string(std::get<0>(i.param)) + "_" +
-                                  DtypeName(std::get<1>(i.param));
-                         });
-
-TEST(BackwardEnvelope, ThirtyTwoQueries) {
-  MsdaTester()
-      .Queries(32)
-      .Heads(8)
-      .Dims(32)
-      .Points(4)
-      .LevelShapes({{16, 16}, {8, 8}, {4, 4}, {2, 2}})
-      .TestBackward();
-}
-
-TEST(BackwardEnvelope, ThreeThousandQueries) {
-  MsdaTester()
-      .Batch(2)
-      .Queries(3000)
-      .Heads(8)
-      .Dims(32)
-      .Points(4)
-      .LevelShapes({{32, 32}, {16, 16}, {8, 8}, {4, 4}})
-      .TestBackward();
-}
+INSTANTIATE_TEST_SUITE_P(Catalogue, BackwardShapes, ::testing::ValuesIn(ShapeCatalogue()),
+                         ShapeCaseName);
 
 TEST(BackwardEnvelope, ManyContributionsPerQuery) {
   // 16 heads x 4 levels x 16 points x 4 corners = 4096 corner contributions per query: the
@@ -367,70 +220,13 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardLayout,
                          });
 
 // ---------------------------------------------------------------------------------------------
-// Special sampling locations. Power-of-two maps keep every coordinate below exact in every
-// dtype, so the library and the reference agree on which pixel (and which side of the gate)
-// each point falls, and gradients can be compared even on pixel boundaries.
-
-const MsdaTester::Levels kSpecialLevels = {{1, 1}, {1, 4}, {4, 1}, {2, 8}};
-
-struct SpecialPoint {
-  const char* name;
-  double x, y;
-  bool contributes;
-};
-
-std::vector<SpecialPoint> SpecialPoints(int64_t H, int64_t W) {
-  const double inf = std::numeric_limits<double>::infinity();
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  const double h = static_cast<double>(H), w = static_cast<double>(W);
-  const double step = 1.0 / 64.0;
-  return {
-      {"origin", 0.0, 0.0, true},
-      {"far corner", 1.0, 1.0, true},
-      {"top border", 0.5, 0.0, true},
-      {"bottom border", 0.5, 1.0, true},
-      {"gate y = -1", 0.5, -0.5 / h, false},
-      {"gate y = H", 0.5, (h + 0.5) / h, false},
-      {"gate x = -1", -0.5 / w, 0.5, false},
-      {"gate x = W", (w + 0.5) / w, 0.5, false},
-      {"inside y gate", 0.5, -0.5 / h + step, true},
-      {"inside x gate", (w + 0.5) / w - step, 0.5, true},
-      {"NaN x", nan, 0.5, false},
-      {"NaN y", 0.5, nan, false},
-      {"NaN both", nan, nan, false},
-      {"+Inf x", inf, 0.5, false},
-      {"-Inf x", -inf, 0.5, false},
-      {"+Inf y", 0.5, inf, false},
-      {"-Inf y", 0.5, -inf, false},
-      {"1e30 x", 1e30, 0.5, false},
-      {"-1e30 x", -1e30, 0.5, false},
-      {"1e30 y", 0.5, 1e30, false},
-      {"-1e30 y", 0.5, -1e30, false},
-  };
-}
-
-void PlaceSpecialPoints(const Problem& p, Inputs* in) {
-  for (int64_t b = 0; b < p.batch; ++b) {
-    for (int64_t q = 0; q < p.queries; ++q) {
-      for (int64_t h = 0; h < p.heads; ++h) {
-        for (int64_t l = 0; l < p.num_levels(); ++l) {
-          const std::vector<SpecialPoint> points = SpecialPoints(p.levels[l][0], p.levels[l][1]);
-          for (int64_t pt = 0; pt < p.points; ++pt) {
-            const SpecialPoint& s = points[pt % points.size()];
-            in->loc[p.loc_index(b, q, h, l, pt, 0)] = s.x;
-            in->loc[p.loc_index(b, q, h, l, pt, 1)] = s.y;
-          }
-        }
-      }
-    }
-  }
-}
+// Special sampling locations (shapes.h): borders, the gate, non-finite and huge coordinates.
 
 class BackwardSpecial : public ::testing::TestWithParam<std::tuple<msdaDataType, msdaDataType>> {};
 
 TEST_P(BackwardSpecial, MatchesReferenceAndGivesZeroGradientsOutsideTheGate) {
   const auto [vt, lt] = GetParam();
-  const int64_t num_points = static_cast<int64_t>(SpecialPoints(1, 1).size());
+  const int64_t num_points = NumSpecialPoints();
   MsdaTester t;
   t.Batch(2).Queries(3).Heads(2).Dims(3).Points(num_points).LevelShapes(kSpecialLevels);
   t.Dtype(vt).LocDtype(lt).Edit(PlaceSpecialPoints);
@@ -477,24 +273,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(BackwardSpecial, OnlyNonContributingPointsGiveAllZeroGradients) {
   MsdaTester t;
   t.Batch(2).Queries(4).Heads(2).Dims(3).LevelShapes(kSpecialLevels).AttnRange(3, 7);
-  t.Points(13);
-  t.Edit([](const Problem& p, Inputs* in) {
-    for (int64_t b = 0; b < p.batch; ++b) {
-      for (int64_t q = 0; q < p.queries; ++q) {
-        for (int64_t h = 0; h < p.heads; ++h) {
-          for (int64_t l = 0; l < p.num_levels(); ++l) {
-            int64_t pt = 0;
-            for (const SpecialPoint& s : SpecialPoints(p.levels[l][0], p.levels[l][1])) {
-              if (s.contributes || pt >= p.points) continue;
-              in->loc[p.loc_index(b, q, h, l, pt, 0)] = s.x;
-              in->loc[p.loc_index(b, q, h, l, pt, 1)] = s.y;
-              ++pt;
-            }
-          }
-        }
-      }
-    }
-  });
+  t.Points(NumSpecialPointsOutsideTheGate()).Edit(PlaceSpecialPointsOutsideTheGate);
   const MsdaTester::BackwardRun run = t.RunBackward(t.MakeInputs());
   ASSERT_FALSE(::testing::Test::HasFailure());
   for (double v : run.grad_value) ASSERT_EQ(v, 0.0);

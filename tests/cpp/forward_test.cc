@@ -10,6 +10,7 @@
 
 #include "msda/msda.h"
 #include "reference.h"
+#include "shapes.h"
 #include "tester.h"
 
 namespace msda_test {
@@ -18,30 +19,9 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Dtypes: value (weights, output) x sampling_locations x index tensors.
 
-using DtypeCase = std::tuple<msdaDataType, msdaDataType, msdaDataType>;
-
-std::string DtypeCaseName(const ::testing::TestParamInfo<DtypeCase>& info) {
-  return std::string(DtypeName(std::get<0>(info.param))) + "_loc" +
-         DtypeName(std::get<1>(info.param)) + "_" + DtypeName(std::get<2>(info.param));
-}
-
 class ForwardDtype : public ::testing::TestWithParam<DtypeCase> {};
 
-TEST_P(ForwardDtype, MatchesReference) {
-  const auto [vt, lt, it] = GetParam();
-  MsdaTester()
-      .Batch(2)
-      .Queries(7)
-      .Heads(3)
-      .Dims(5)
-      .Points(3)
-      .LevelShapes({{5, 7}, {3, 2}, {1, 1}})
-      .Dtype(vt)
-      .LocDtype(lt)
-      .IndexDtype(it)
-      .LocRange(-0.2, 1.2)
-      .TestForward();
-}
+TEST_P(ForwardDtype, MatchesReference) { DtypeCaseTester(GetParam()).TestForward(); }
 
 TEST_P(ForwardDtype, MatchesReferenceWithLargeValues) {
   // Values of a few hundred and weights up to 4 (sums stay well inside FLOAT16's range):
@@ -63,128 +43,17 @@ TEST_P(ForwardDtype, MatchesReferenceWithLargeValues) {
       .TestForward();
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllDtypes, ForwardDtype,
-    ::testing::Values(DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT32, MSDA_FLOAT32, MSDA_INT32},
-                      DtypeCase{MSDA_FLOAT16, MSDA_FLOAT16, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT16, MSDA_FLOAT32, MSDA_INT32},
-                      DtypeCase{MSDA_BFLOAT16, MSDA_BFLOAT16, MSDA_INT32},
-                      DtypeCase{MSDA_BFLOAT16, MSDA_FLOAT32, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT64, MSDA_FLOAT64, MSDA_INT64},
-                      DtypeCase{MSDA_FLOAT64, MSDA_FLOAT32, MSDA_INT32}),
-    DtypeCaseName);
+INSTANTIATE_TEST_SUITE_P(AllDtypes, ForwardDtype, AllDtypeCases(), DtypeCaseName);
 
 // ---------------------------------------------------------------------------------------------
-// Map shapes and sizes.
+// Map shapes and sizes: the catalogue the backward is tested on too (shapes.h).
 
-TEST(ForwardShapes, OneByOneMap) {
-  MsdaTester().Queries(9).Heads(2).Dims(3).Points(4).LevelShapes({{1, 1}}).LocRange(-0.6, 1.6).TestForward();
-}
+class ForwardShapes : public ::testing::TestWithParam<ShapeCase> {};
 
-TEST(ForwardShapes, OneRowMap) {
-  MsdaTester().Queries(9).Heads(2).Dims(3).Points(4).LevelShapes({{1, 9}}).LocRange(-0.3, 1.3).TestForward();
-}
+TEST_P(ForwardShapes, MatchesReference) { MsdaTester(GetParam().tester).TestForward(); }
 
-TEST(ForwardShapes, OneColumnMap) {
-  MsdaTester().Queries(9).Heads(2).Dims(3).Points(4).LevelShapes({{9, 1}}).LocRange(-0.3, 1.3).TestForward();
-}
-
-TEST(ForwardShapes, DegenerateMapsTogether) {
-  MsdaTester()
-      .Batch(2)
-      .Queries(6)
-      .Heads(2)
-      .Dims(4)
-      .Points(3)
-      .LevelShapes({{1, 1}, {1, 7}, {7, 1}, {4, 6}})
-      .LocRange(-0.5, 1.5)
-      .Dtype(MSDA_BFLOAT16)
-      .TestForward();
-}
-
-TEST(ForwardShapes, OneLevel) {
-  MsdaTester().Queries(10).Heads(2).Dims(8).Points(4).LevelShapes({{11, 13}}).TestForward();
-}
-
-MsdaTester::Levels SixteenLevels() {
-  MsdaTester::Levels levels;
-  for (int64_t l = 0; l < 16; ++l) levels.push_back({l % 5 + 1, (3 * l) % 7 + 1});
-  return levels;
-}
-
-TEST(ForwardShapes, SixteenLevels) {
-  MsdaTester().Queries(5).Heads(2).Dims(4).Points(4).LevelShapes(SixteenLevels()).TestForward();
-}
-
-TEST(ForwardShapes, SixteenLevelsSixteenPointsSixteenHeads) {
-  MsdaTester()
-      .Queries(3)
-      .Heads(16)
-      .Dims(2)
-      .Points(16)
-      .LevelShapes(SixteenLevels())
-      .Dtype(MSDA_FLOAT16)
-      .TestForward();
-}
-
-TEST(ForwardShapes, SixteenPoints) {
-  MsdaTester().Queries(6).Heads(2).Dims(8).Points(16).LevelShapes({{8, 8}, {4, 4}}).TestForward();
-}
-
-TEST(ForwardShapes, SixteenHeads) {
-  MsdaTester().Queries(6).Heads(16).Dims(8).Points(2).LevelShapes({{8, 8}, {4, 4}}).TestForward();
-}
-
-TEST(ForwardShapes, AllPointsOutsideTheMapsGiveZero) {
-  MsdaTester().Queries(5).LocRange(1.6, 3.0).TestForward();
-  MsdaTester().Queries(5).LocRange(-3.0, -0.6).TestForward();
-}
-
-class ForwardEmbedDims : public ::testing::TestWithParam<std::tuple<int64_t, msdaDataType>> {};
-
-TEST_P(ForwardEmbedDims, MatchesReference) {
-  const auto [dims, dtype] = GetParam();
-  MsdaTester()
-      .Queries(4)
-      .Heads(2)
-      .Dims(dims)
-      .Points(4)
-      .LevelShapes({{6, 5}, {3, 3}})
-      .Dtype(dtype)
-      .TestForward();
-}
-
-INSTANTIATE_TEST_SUITE_P(D, ForwardEmbedDims,
-                         ::testing::Combine(::testing::Values(1, 8, 32, 256, 264),
-                                            ::testing::Values(MSDA_FLOAT32, MSDA_BFLOAT16)),
-                         [](const ::testing::TestParamInfo<std::tuple<int64_t, msdaDataType>>& i) {
-                           return "D" + std::to_string(std::get<0>(i.param)) + "_" +
-                                  DtypeName(std::get<1>(i.param));
-                         });
-
-// The envelope of the spec: the smallest query count it names and a moderately large one,
-// on the usual four-level pyramid, eight heads of 32 dims and four points.
-TEST(ForwardEnvelope, ThirtyTwoQueries) {
-  MsdaTester()
-      .Queries(32)
-      .Heads(8)
-      .Dims(32)
-      .Points(4)
-      .LevelShapes({{16, 16}, {8, 8}, {4, 4}, {2, 2}})
-      .TestForward();
-}
-
-TEST(ForwardEnvelope, ThreeThousandQueries) {
-  MsdaTester()
-      .Batch(2)
-      .Queries(3000)
-      .Heads(8)
-      .Dims(32)
-      .Points(4)
-      .LevelShapes({{32, 32}, {16, 16}, {8, 8}, {4, 4}})
-      .TestForward();
-}
+INSTANTIATE_TEST_SUITE_P(Catalogue, ForwardShapes, ::testing::ValuesIn(ShapeCatalogue()),
+                         ShapeCaseName);
 
 TEST(ForwardThreads, ResultDoesNotDependOnTheThreadCount) {
   MsdaTester base;
@@ -238,8 +107,7 @@ TEST_P(ForwardHeadMajor, ResultDoesNotDependOnTheThreadCount) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, ForwardHeadMajor,
-                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16,
-                                           MSDA_FLOAT64),
+                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16, MSDA_FLOAT64),
                          [](const ::testing::TestParamInfo<msdaDataType>& i) {
                            return std::string(DtypeName(i.param));
                          });
@@ -247,13 +115,9 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, ForwardHeadMajor,
 // ---------------------------------------------------------------------------------------------
 // Empty problems.
 
-TEST(ForwardEmpty, ZeroBatch) {
-  MsdaTester().Batch(0).Queries(5).TestForward();
-}
+TEST(ForwardEmpty, ZeroBatch) { MsdaTester().Batch(0).Queries(5).TestForward(); }
 
-TEST(ForwardEmpty, ZeroQueries) {
-  MsdaTester().Batch(2).Queries(0).TestForward();
-}
+TEST(ForwardEmpty, ZeroQueries) { MsdaTester().Batch(2).Queries(0).TestForward(); }
 
 // ---------------------------------------------------------------------------------------------
 // Strided, permuted and padded tensors (inputs and output).
@@ -331,78 +195,13 @@ TEST_P(ForwardLayout, EverythingPermutedAtOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, ForwardLayout,
-                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16,
-                                           MSDA_FLOAT64),
+                         ::testing::Values(MSDA_FLOAT32, MSDA_FLOAT16, MSDA_BFLOAT16, MSDA_FLOAT64),
                          [](const ::testing::TestParamInfo<msdaDataType>& i) {
                            return std::string(DtypeName(i.param));
                          });
 
 // ---------------------------------------------------------------------------------------------
-// Special sampling locations: borders, the gate, non-finite and huge coordinates.
-
-// Power-of-two maps, so that every special coordinate below is exact in every dtype and the
-// library's fp32 coordinate arithmetic is exact too.
-const MsdaTester::Levels kSpecialLevels = {{1, 1}, {1, 4}, {4, 1}, {2, 8}};
-
-struct SpecialPoint {
-  const char* name;
-  double x, y;       // For a (H, W) level; NaN means "compute from the level".
-  bool contributes;  // Whether the point passes the gate.
-};
-
-// The special points for one level.
-std::vector<SpecialPoint> SpecialPoints(int64_t H, int64_t W) {
-  const double inf = std::numeric_limits<double>::infinity();
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  const double gate_y_lo = -0.5 / static_cast<double>(H);  // h_im == -1
-  const double gate_y_hi = (static_cast<double>(H) + 0.5) / static_cast<double>(H);  // h_im == H
-  const double gate_x_lo = -0.5 / static_cast<double>(W);
-  const double gate_x_hi = (static_cast<double>(W) + 0.5) / static_cast<double>(W);
-  const double step = 1.0 / 64.0;
-  return {
-      {"origin", 0.0, 0.0, true},
-      {"far corner", 1.0, 1.0, true},
-      {"x0 y1", 0.0, 1.0, true},
-      {"x1 y0", 1.0, 0.0, true},
-      {"top border", 0.5, 0.0, true},
-      {"bottom border", 0.5, 1.0, true},
-      {"pixel centre", 0.5 / static_cast<double>(W), 0.5 / static_cast<double>(H), true},
-      {"gate y = -1", 0.5, gate_y_lo, false},
-      {"gate y = H", 0.5, gate_y_hi, false},
-      {"gate x = -1", gate_x_lo, 0.5, false},
-      {"gate x = W", gate_x_hi, 0.5, false},
-      {"inside y gate", 0.5, gate_y_lo + step, true},
-      {"inside x gate", gate_x_hi - step, 0.5, true},
-      {"NaN x", nan, 0.5, false},
-      {"NaN y", 0.5, nan, false},
-      {"+Inf x", inf, 0.5, false},
-      {"-Inf y", 0.5, -inf, false},
-      {"+Inf y", 0.5, inf, false},
-      {"-Inf x", -inf, 0.5, false},
-      {"1e30 x", 1e30, 0.5, false},
-      {"-1e30 y", 0.5, -1e30, false},
-      {"1e30 both", 1e30, 1e30, false},
-      {"-1e30 both", -1e30, -1e30, false},
-  };
-}
-
-// Places special point p of each level at every (batch, query, head).
-void PlaceSpecialPoints(const Problem& p, Inputs* in) {
-  for (int64_t b = 0; b < p.batch; ++b) {
-    for (int64_t q = 0; q < p.queries; ++q) {
-      for (int64_t h = 0; h < p.heads; ++h) {
-        for (int64_t l = 0; l < p.num_levels(); ++l) {
-          const std::vector<SpecialPoint> points = SpecialPoints(p.levels[l][0], p.levels[l][1]);
-          for (int64_t pt = 0; pt < p.points; ++pt) {
-            const SpecialPoint& s = points[pt % points.size()];
-            in->loc[p.loc_index(b, q, h, l, pt, 0)] = s.x;
-            in->loc[p.loc_index(b, q, h, l, pt, 1)] = s.y;
-          }
-        }
-      }
-    }
-  }
-}
+// Special sampling locations (shapes.h): borders, the gate, non-finite and huge coordinates.
 
 TEST(ForwardSpecialLocations, ReferenceAgreesOnTheGate) {
   // The test's own reference: points on the gate or non-finite do not contribute.
@@ -423,7 +222,7 @@ TEST_P(ForwardSpecial, MatchesReference) {
       .Queries(3)
       .Heads(2)
       .Dims(3)
-      .Points(static_cast<int64_t>(SpecialPoints(1, 1).size()))
+      .Points(NumSpecialPoints())
       .LevelShapes(kSpecialLevels)
       .Dtype(vt)
       .LocDtype(lt)
@@ -436,43 +235,21 @@ TEST_P(ForwardSpecial, PointsThatFailTheGateContributeNothing) {
   const auto [vt, lt] = GetParam();
   MsdaTester t;
   t.Queries(2).Heads(2).Dims(3).LevelShapes(kSpecialLevels).Dtype(vt).LocDtype(lt).AttnRange(5, 9);
-  std::vector<SpecialPoint> outside;
-  for (const SpecialPoint& s : SpecialPoints(1, 1)) {
-    if (!s.contributes) outside.push_back(s);
-  }
-  t.Points(static_cast<int64_t>(outside.size()));
-  t.Edit([](const Problem& p, Inputs* in) {
-    for (int64_t b = 0; b < p.batch; ++b) {
-      for (int64_t q = 0; q < p.queries; ++q) {
-        for (int64_t h = 0; h < p.heads; ++h) {
-          for (int64_t l = 0; l < p.num_levels(); ++l) {
-            int64_t pt = 0;
-            for (const SpecialPoint& s : SpecialPoints(p.levels[l][0], p.levels[l][1])) {
-              if (s.contributes) continue;
-              in->loc[p.loc_index(b, q, h, l, pt, 0)] = s.x;
-              in->loc[p.loc_index(b, q, h, l, pt, 1)] = s.y;
-              ++pt;
-            }
-          }
-        }
-      }
-    }
-  });
+  t.Points(NumSpecialPointsOutsideTheGate()).Edit(PlaceSpecialPointsOutsideTheGate);
   const MsdaTester::ForwardRun run = t.RunForward(t.MakeInputs());
   ASSERT_FALSE(::testing::Test::HasFailure());
   for (size_t i = 0; i < run.out.size(); ++i) {
-    ASSERT_EQ(run.out[i], 0.0) << "output" << IndexString(static_cast<int64_t>(i), t.problem().out_dims());
+    ASSERT_EQ(run.out[i], 0.0) << "output"
+                               << IndexString(static_cast<int64_t>(i), t.problem().out_dims());
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Dtypes, ForwardSpecial,
-    ::testing::Values(std::make_tuple(MSDA_FLOAT32, MSDA_FLOAT32),
-                      std::make_tuple(MSDA_FLOAT16, MSDA_FLOAT16),
-                      std::make_tuple(MSDA_BFLOAT16, MSDA_BFLOAT16),
-                      std::make_tuple(MSDA_BFLOAT16, MSDA_FLOAT32),
-                      std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT64),
-                      std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT32)),
+    ::testing::Values(
+        std::make_tuple(MSDA_FLOAT32, MSDA_FLOAT32), std::make_tuple(MSDA_FLOAT16, MSDA_FLOAT16),
+        std::make_tuple(MSDA_BFLOAT16, MSDA_BFLOAT16), std::make_tuple(MSDA_BFLOAT16, MSDA_FLOAT32),
+        std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT64), std::make_tuple(MSDA_FLOAT64, MSDA_FLOAT32)),
     [](const ::testing::TestParamInfo<std::tuple<msdaDataType, msdaDataType>>& i) {
       return std::string(DtypeName(std::get<0>(i.param))) + "_loc" +
              DtypeName(std::get<1>(i.param));
@@ -492,9 +269,9 @@ TEST(ForwardTolerance, CatchesAShiftedGridAndADroppedTerm) {
   Inputs shifted = run.seen;
   for (size_t i = 0; i < shifted.loc.size(); i += 2) shifted.loc[i] += 0.5 / 7.0;
   const ForwardResult wrong = ReferenceForward(p, shifted, u);
-  EXPECT_GT(CountMismatches("output", run.out, wrong.out, wrong.bound, MSDA_FLOAT32,
-                            p.out_dims(), false),
-            0);
+  EXPECT_GT(
+      CountMismatches("output", run.out, wrong.out, wrong.bound, MSDA_FLOAT32, p.out_dims(), false),
+      0);
   Inputs dropped = run.seen;
   // One point's contribution gone: the first point that passes the gate.
   size_t inside = 0;
@@ -511,8 +288,8 @@ TEST(ForwardTolerance, CatchesAShiftedGridAndADroppedTerm) {
   dropped.attn[inside] = 0;
   const ForwardResult wrong2 = ReferenceForward(p, dropped, u);
   // Only the D outputs of that (batch, query, head) change, and every one of them fails.
-  EXPECT_EQ(CountMismatches("output", run.out, wrong2.out, wrong2.bound, MSDA_FLOAT32,
-                            p.out_dims(), false),
+  EXPECT_EQ(CountMismatches("output", run.out, wrong2.out, wrong2.bound, MSDA_FLOAT32, p.out_dims(),
+                            false),
             p.dims);
   // And the true reference passes.
   const ForwardResult right = ReferenceForward(p, run.seen, u);

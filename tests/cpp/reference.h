@@ -76,7 +76,8 @@ inline uint16_t FloatToHalf(float f) {
   int exp2;
   std::frexp(a, &exp2);  // a = m * 2^exp2, m in [0.5, 1)
   // The spacing of halves around a: 2^(exp2 - 11) for normals, 2^-24 for subnormals.
-  const double quantum = a >= std::ldexp(1.0, -14) ? std::ldexp(1.0, exp2 - 11) : std::ldexp(1.0, -24);
+  const double quantum =
+      a >= std::ldexp(1.0, -14) ? std::ldexp(1.0, exp2 - 11) : std::ldexp(1.0, -24);
   const double rounded = std::nearbyint(a / quantum) * quantum;
   if (rounded < std::ldexp(1.0, -14)) {
     return sign | static_cast<uint16_t>(rounded / std::ldexp(1.0, -24));  // 1024 encodes 2^-14
@@ -99,7 +100,8 @@ inline uint16_t FloatToBFloat16(float f) {
   int exp2;
   std::frexp(a, &exp2);
   // 8 significant bits for normals; subnormals share fp32's exponent floor (spacing 2^-133).
-  const double quantum = a >= std::ldexp(1.0, -126) ? std::ldexp(1.0, exp2 - 8) : std::ldexp(1.0, -133);
+  const double quantum =
+      a >= std::ldexp(1.0, -126) ? std::ldexp(1.0, exp2 - 8) : std::ldexp(1.0, -133);
   const double rounded = std::nearbyint(a / quantum) * quantum;
   if (rounded >= std::ldexp(1.0, 128)) return sign | 0x7F80u;
   // rounded has at most 8 significant bits, so it is a float whose low 16 bits are zero.
@@ -280,9 +282,7 @@ struct Problem {
     return s;
   }
   std::vector<int64_t> value_dims() const { return {batch, keys(), heads, dims}; }
-  std::vector<int64_t> loc_dims() const {
-    return {batch, queries, heads, num_levels(), points, 2};
-  }
+  std::vector<int64_t> loc_dims() const { return {batch, queries, heads, num_levels(), points, 2}; }
   std::vector<int64_t> attn_dims() const { return {batch, queries, heads, num_levels(), points}; }
   std::vector<int64_t> out_dims() const { return {batch, queries, heads * dims}; }
 

@@ -289,20 +289,21 @@ void TestAxpyRows() {
   CheckAxpyRows<double>();
 }
 
-// Every 16-bit pattern widens exactly (NaN to NaN), whatever part of a row it falls in.
+// Every 16-bit pattern widens exactly (NaN to NaN), whatever part of a row it falls in: the
+// row runs three patterns past 2^16, so that some also land in the scalar tail.
 template <typename T>
 void CheckWidenAll() {
-  const int64_t dims = 65536;
+  const int64_t dims = 65536 + 3;
   std::vector<T> src(dims);
-  for (int64_t i = 0; i < dims; ++i) src[i].bits = static_cast<uint16_t>(i);
+  for (int64_t i = 0; i < dims; ++i) src[i].bits = static_cast<uint16_t>(i & 0xFFFF);
   std::vector<float> row(dims + 1, kCanary);
   WidenRow(src.data(), dims, row.data());
   for (int64_t i = 0; i < dims; ++i) {
     const double expected = ToDouble(src[i]);
     if (std::isnan(expected)) {
-      ASSERT_TRUE(std::isnan(row[i])) << "bits " << i;
+      ASSERT_TRUE(std::isnan(row[i])) << "bits " << (i & 0xFFFF);
     } else {
-      ASSERT_EQ(row[i], expected) << "bits " << i;
+      ASSERT_EQ(row[i], expected) << "bits " << (i & 0xFFFF);
     }
   }
   ASSERT_EQ(row[dims], kCanary);

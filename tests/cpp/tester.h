@@ -114,7 +114,9 @@ class HostTensor {
   const unsigned char* bytes() const {
     return reinterpret_cast<const unsigned char*>(storage_.data());
   }
-  size_t storage_bytes() const { return static_cast<size_t>(storage_elements_ * ElementBytes(dtype_)); }
+  size_t storage_bytes() const {
+    return static_cast<size_t>(storage_elements_ * ElementBytes(dtype_));
+  }
 
   // Storage element index of a row-major logical index.
   int64_t Physical(int64_t logical) const {
@@ -195,7 +197,8 @@ class Workspace {
   explicit Workspace(uint64_t bytes) : bytes_(static_cast<size_t>(bytes)) {
     buffer_.assign(bytes_ + 2 * kGuard + 64, 0x5A);
     const uintptr_t base = reinterpret_cast<uintptr_t>(buffer_.data()) + kGuard;
-    start_ = static_cast<size_t>((base + 63) / 64 * 64 - reinterpret_cast<uintptr_t>(buffer_.data()));
+    start_ =
+        static_cast<size_t>((base + 63) / 64 * 64 - reinterpret_cast<uintptr_t>(buffer_.data()));
     Scramble();
   }
   void* data() { return buffer_.data() + start_; }
@@ -237,8 +240,7 @@ class Workspace {
 // passes.
 inline int64_t CountMismatches(const std::string& what, const std::vector<double>& got,
                                const std::vector<double>& ref, const std::vector<double>& bound,
-                               msdaDataType dtype, const std::vector<int64_t>& dims,
-                               bool report) {
+                               msdaDataType dtype, const std::vector<int64_t>& dims, bool report) {
   if (got.size() != ref.size() || bound.size() != ref.size()) {
     if (report) ADD_FAILURE() << what << ": " << got.size() << " elements, expected " << ref.size();
     return static_cast<int64_t>(std::max(got.size(), ref.size()));
@@ -276,45 +278,123 @@ class MsdaTester {
  public:
   using Levels = std::vector<std::array<int64_t, 2>>;
 
-  MsdaTester& Batch(int64_t n) { p_.batch = n; return *this; }
-  MsdaTester& Queries(int64_t n) { p_.queries = n; return *this; }
-  MsdaTester& Heads(int64_t n) { p_.heads = n; return *this; }
-  MsdaTester& Dims(int64_t n) { p_.dims = n; return *this; }
-  MsdaTester& Points(int64_t n) { p_.points = n; return *this; }
-  MsdaTester& LevelShapes(Levels levels) { p_.levels = std::move(levels); return *this; }
+  MsdaTester& Batch(int64_t n) {
+    p_.batch = n;
+    return *this;
+  }
+  MsdaTester& Queries(int64_t n) {
+    p_.queries = n;
+    return *this;
+  }
+  MsdaTester& Heads(int64_t n) {
+    p_.heads = n;
+    return *this;
+  }
+  MsdaTester& Dims(int64_t n) {
+    p_.dims = n;
+    return *this;
+  }
+  MsdaTester& Points(int64_t n) {
+    p_.points = n;
+    return *this;
+  }
+  MsdaTester& LevelShapes(Levels levels) {
+    p_.levels = std::move(levels);
+    return *this;
+  }
   // Sets value's dtype (weights, output and value gradients follow), and the locations' dtype
   // unless LocDtype is given.
-  MsdaTester& Dtype(msdaDataType t) { value_dtype_ = t; return *this; }
-  MsdaTester& LocDtype(msdaDataType t) { loc_dtype_ = t; loc_dtype_set_ = true; return *this; }
-  MsdaTester& IndexDtype(msdaDataType t) { index_dtype_ = t; return *this; }
-  MsdaTester& Threads(int n) { threads_ = n; return *this; }
-  MsdaTester& Seed(uint64_t s) { seed_ = s; return *this; }
+  MsdaTester& Dtype(msdaDataType t) {
+    value_dtype_ = t;
+    return *this;
+  }
+  MsdaTester& LocDtype(msdaDataType t) {
+    loc_dtype_ = t;
+    loc_dtype_set_ = true;
+    return *this;
+  }
+  MsdaTester& IndexDtype(msdaDataType t) {
+    index_dtype_ = t;
+    return *this;
+  }
+  MsdaTester& Threads(int n) {
+    threads_ = n;
+    return *this;
+  }
+  MsdaTester& Seed(uint64_t s) {
+    seed_ = s;
+    return *this;
+  }
   // Normalised range the random x and y are drawn from.
-  MsdaTester& LocRange(double lo, double hi) { loc_lo_ = lo; loc_hi_ = hi; return *this; }
-  MsdaTester& AttnRange(double lo, double hi) { attn_lo_ = lo; attn_hi_ = hi; return *this; }
+  MsdaTester& LocRange(double lo, double hi) {
+    loc_lo_ = lo;
+    loc_hi_ = hi;
+    return *this;
+  }
+  MsdaTester& AttnRange(double lo, double hi) {
+    attn_lo_ = lo;
+    attn_hi_ = hi;
+    return *this;
+  }
   // Keeps random h_im and w_im at least this far (in pixels) from integers, where the bilinear
   // gradient jumps (pixel boundaries and the gate at -1 and H_l): gradients there are
   // compared only by the tests that place points exactly.
-  MsdaTester& Margin(double pixels) { margin_ = pixels; return *this; }
+  MsdaTester& Margin(double pixels) {
+    margin_ = pixels;
+    return *this;
+  }
   // Edits the generated inputs (placing special points, say); values are then rounded to
   // their dtypes.
-  MsdaTester& Edit(std::function<void(const Problem&, Inputs*)> fn) { edit_ = std::move(fn); return *this; }
+  MsdaTester& Edit(std::function<void(const Problem&, Inputs*)> fn) {
+    edit_ = std::move(fn);
+    return *this;
+  }
   MsdaTester& Grads(bool value, bool loc, bool attn) {
     want_value_ = value;
     want_loc_ = loc;
     want_attn_ = attn;
     return *this;
   }
-  MsdaTester& ValueLayout(Layout l) { value_layout_ = std::move(l); return *this; }
-  MsdaTester& LocLayout(Layout l) { loc_layout_ = std::move(l); return *this; }
-  MsdaTester& AttnLayout(Layout l) { attn_layout_ = std::move(l); return *this; }
-  MsdaTester& OutLayout(Layout l) { out_layout_ = std::move(l); return *this; }
-  MsdaTester& GradOutLayout(Layout l) { grad_out_layout_ = std::move(l); return *this; }
-  MsdaTester& GradValueLayout(Layout l) { grad_value_layout_ = std::move(l); return *this; }
-  MsdaTester& GradLocLayout(Layout l) { grad_loc_layout_ = std::move(l); return *this; }
-  MsdaTester& GradAttnLayout(Layout l) { grad_attn_layout_ = std::move(l); return *this; }
-  MsdaTester& ShapesLayout(Layout l) { shapes_layout_ = std::move(l); return *this; }
-  MsdaTester& StartsLayout(Layout l) { starts_layout_ = std::move(l); return *this; }
+  MsdaTester& ValueLayout(Layout l) {
+    value_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& LocLayout(Layout l) {
+    loc_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& AttnLayout(Layout l) {
+    attn_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& OutLayout(Layout l) {
+    out_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& GradOutLayout(Layout l) {
+    grad_out_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& GradValueLayout(Layout l) {
+    grad_value_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& GradLocLayout(Layout l) {
+    grad_loc_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& GradAttnLayout(Layout l) {
+    grad_attn_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& ShapesLayout(Layout l) {
+    shapes_layout_ = std::move(l);
+    return *this;
+  }
+  MsdaTester& StartsLayout(Layout l) {
+    starts_layout_ = std::move(l);
+    return *this;
+  }
 
   const Problem& problem() const { return p_; }
   msdaDataType value_dtype() const { return value_dtype_; }
@@ -375,14 +455,14 @@ class MsdaTester {
   };
   std::unique_ptr<InputTensors> MakeInputTensors(const Inputs& in) const {
     const int64_t L = p_.num_levels();
-    std::unique_ptr<InputTensors> t(new InputTensors{
-        HostTensor(p_.value_dims(), value_dtype_, value_layout_),
-        HostTensor({L, 2}, index_dtype_, shapes_layout_),
-        HostTensor({L}, index_dtype_, starts_layout_),
-        HostTensor(p_.loc_dims(), loc_dtype(), loc_layout_),
-        HostTensor(p_.attn_dims(), value_dtype_, attn_layout_),
-        Inputs(),
-        {}});
+    std::unique_ptr<InputTensors> t(
+        new InputTensors{HostTensor(p_.value_dims(), value_dtype_, value_layout_),
+                         HostTensor({L, 2}, index_dtype_, shapes_layout_),
+                         HostTensor({L}, index_dtype_, starts_layout_),
+                         HostTensor(p_.loc_dims(), loc_dtype(), loc_layout_),
+                         HostTensor(p_.attn_dims(), value_dtype_, attn_layout_),
+                         Inputs(),
+                         {}});
     t->value.SetAll(in.value);
     t->loc.SetAll(in.loc);
     t->attn.SetAll(in.attn);
@@ -486,10 +566,10 @@ class MsdaTester {
         std::vector<double>* values;
         std::vector<unsigned char>* bytes;
       };
-      for (const Out& o : {Out{"grad_value", gv.get(), &run.grad_value, &run.value_bytes},
-                           Out{"grad_sampling_locations", gl.get(), &run.grad_loc, &run.loc_bytes},
-                           Out{"grad_attention_weights", ga.get(), &run.grad_attn,
-                               &run.attn_bytes}}) {
+      for (const Out& o :
+           {Out{"grad_value", gv.get(), &run.grad_value, &run.value_bytes},
+            Out{"grad_sampling_locations", gl.get(), &run.grad_loc, &run.loc_bytes},
+            Out{"grad_attention_weights", ga.get(), &run.grad_attn, &run.attn_bytes}}) {
         if (o.tensor == nullptr) continue;
         EXPECT_TRUE(o.tensor->GapsIntact()) << "backward wrote outside the " << o.name << " view";
         if (rep == 0) {
@@ -497,7 +577,8 @@ class MsdaTester {
           *o.bytes = o.tensor->ViewBytes();
         } else {
           EXPECT_TRUE(o.tensor->ViewBytes() == *o.bytes)
-              << o.name << " differs between two runs of the same backward (the by-head and "
+              << o.name
+              << " differs between two runs of the same backward (the by-head and "
                  "counting-sort strategies, alternately)";
         }
       }
@@ -527,8 +608,8 @@ class MsdaTester {
                   p_.value_dims());
     }
     if (want_loc_) {
-      ExpectClose("grad_sampling_locations", run.grad_loc, ref.grad_loc, ref.bound_loc,
-                  loc_dtype(), p_.loc_dims());
+      ExpectClose("grad_sampling_locations", run.grad_loc, ref.grad_loc, ref.bound_loc, loc_dtype(),
+                  p_.loc_dims());
     }
     if (want_attn_) {
       ExpectClose("grad_attention_weights", run.grad_attn, ref.grad_attn, ref.bound_attn,

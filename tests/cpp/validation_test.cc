@@ -54,7 +54,8 @@ class Validation : public ::testing::Test {
   // A tensor kept alive for the test; storage filled with the sentinel.
   HostTensor* Make(std::vector<int64_t> dims, msdaDataType dtype, const Layout& layout = Layout(),
                    msdaDeviceType device = MSDA_DEVICE_CPU, int32_t device_id = 0) {
-    keep_.emplace_back(new HostTensor(std::move(dims), dtype, layout, kSentinel, device, device_id));
+    keep_.emplace_back(
+        new HostTensor(std::move(dims), dtype, layout, kSentinel, device, device_id));
     return keep_.back().get();
   }
   // spatial_shapes and level_start_index with the given contents.
@@ -96,12 +97,11 @@ class Validation : public ::testing::Test {
   }
 
   msdaStatus Plan(Direction dir, const Call& c, uint64_t* ws, msdaExecutor** ex) {
-    return dir == Direction::kForward
-               ? msdaForwardGetWorkspaceSize(c.value, c.shapes, c.starts, c.loc, c.attn, c.out, ws,
-                                             ex)
-               : msdaBackwardGetWorkspaceSize(c.value, c.shapes, c.starts, c.loc, c.attn,
-                                              c.grad_out, c.grad_value, c.grad_loc, c.grad_attn,
-                                              ws, ex);
+    return dir == Direction::kForward ? msdaForwardGetWorkspaceSize(c.value, c.shapes, c.starts,
+                                                                    c.loc, c.attn, c.out, ws, ex)
+                                      : msdaBackwardGetWorkspaceSize(
+                                            c.value, c.shapes, c.starts, c.loc, c.attn, c.grad_out,
+                                            c.grad_value, c.grad_loc, c.grad_attn, ws, ex);
   }
 
   // Expects the call refused with `want`, a message containing every entry of `names`, the
@@ -163,9 +163,9 @@ class Validation : public ::testing::Test {
   // A float tensor without data; unit strides where contiguous ones would overflow int64.
   msdaTensor* EmptyTensor(const std::vector<int64_t>& dims, bool unit_strides) {
     const std::vector<int64_t> strides(dims.size(), 1);
-    msdaTensor* t = msdaCreateTensor(dims.data(), dims.size(), MSDA_FLOAT32,
-                                     unit_strides ? strides.data() : nullptr, 0, MSDA_DEVICE_CPU,
-                                     0, nullptr);
+    msdaTensor* t =
+        msdaCreateTensor(dims.data(), dims.size(), MSDA_FLOAT32,
+                         unit_strides ? strides.data() : nullptr, 0, MSDA_DEVICE_CPU, 0, nullptr);
     EXPECT_NE(t, nullptr) << msdaGetLastErrorMessage();
     handles_.emplace_back(t);
     return t;
@@ -226,8 +226,8 @@ TEST_F(Validation, NullTensors) {
 
 TEST_F(Validation, NullDataWithElements) {
   auto null_data = [&](const std::vector<int64_t>& dims, msdaDataType dtype) {
-    msdaTensor* t = msdaCreateTensor(dims.data(), dims.size(), dtype, nullptr, 0,
-                                     MSDA_DEVICE_CPU, 0, nullptr);
+    msdaTensor* t =
+        msdaCreateTensor(dims.data(), dims.size(), dtype, nullptr, 0, MSDA_DEVICE_CPU, 0, nullptr);
     EXPECT_NE(t, nullptr);
     handles_.emplace_back(t);
     return t;
@@ -236,8 +236,11 @@ TEST_F(Validation, NullDataWithElements) {
                     MSDA_ERROR_NULL_POINTER, {"value"});
   ExpectBothRefused([&](Call* c) { c->loc = null_data(p_.loc_dims(), MSDA_FLOAT32); },
                     MSDA_ERROR_NULL_POINTER, {"sampling_locations"});
-  ExpectBothRefused([&](Call* c) { c->shapes = null_data({2, 2}, MSDA_INT64); },
-                    MSDA_ERROR_NULL_POINTER, {"spatial_shapes"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->shapes = null_data({2, 2}, MSDA_INT64);
+      },
+      MSDA_ERROR_NULL_POINTER, {"spatial_shapes"});
   Call c = Valid();
   c.out = null_data(p_.out_dims(), MSDA_FLOAT32);
   ExpectRefused(Direction::kForward, c, MSDA_ERROR_NULL_POINTER, {"output"});
@@ -286,12 +289,8 @@ TEST_F(Validation, EmptyCallsWithHugeSizesArePlannedOrRefusedNotOverflowed) {
   };
   const int64_t kMax = std::numeric_limits<int64_t>::max();
   const int64_t huge_counts[][2] = {{int64_t{1} << 61, 3},  // points, queries
-                                    {(int64_t{1} << 62) + 1, 3},
-                                    {kMax, 3},
-                                    {int64_t{1} << 59, 3},
-                                    {int64_t{1} << 59, kMax},
-                                    {2, 4096},
-                                    {2, kMax}};
+                                    {(int64_t{1} << 62) + 1, 3}, {kMax, 3}, {int64_t{1} << 59, 3},
+                                    {int64_t{1} << 59, kMax},    {2, 4096}, {2, kMax}};
   // No batch item: nothing to do, so planned with no workspace (and no head-major copy of an
   // empty value) and run.
   p_.batch = 0;
@@ -348,16 +347,28 @@ TEST_F(Validation, NullOutParams) {
 TEST_F(Validation, WrongRanks) {
   const int64_t B = p_.batch, Q = p_.queries, H = p_.heads, D = p_.dims, P = p_.points;
   const int64_t K = p_.keys(), L = p_.num_levels();
-  ExpectBothRefused([&](Call* c) { c->value = Make({B, K, H * D}, MSDA_FLOAT32)->get(); },
-                    MSDA_ERROR_INVALID_RANK, {"value"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->value = Make({B, K, H * D}, MSDA_FLOAT32)->get();
+      },
+      MSDA_ERROR_INVALID_RANK, {"value"});
   ExpectBothRefused([&](Call* c) { c->shapes = Make({2 * L}, MSDA_INT64)->get(); },
                     MSDA_ERROR_INVALID_RANK, {"spatial_shapes"});
-  ExpectBothRefused([&](Call* c) { c->starts = Make({L, 1}, MSDA_INT64)->get(); },
-                    MSDA_ERROR_INVALID_RANK, {"level_start_index"});
-  ExpectBothRefused([&](Call* c) { c->loc = Make({B, Q, H, L, P * 2}, MSDA_FLOAT32)->get(); },
-                    MSDA_ERROR_INVALID_RANK, {"sampling_locations"});
-  ExpectBothRefused([&](Call* c) { c->attn = Make({B, Q, H, L * P}, MSDA_FLOAT32)->get(); },
-                    MSDA_ERROR_INVALID_RANK, {"attention_weights"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->starts = Make({L, 1}, MSDA_INT64)->get();
+      },
+      MSDA_ERROR_INVALID_RANK, {"level_start_index"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->loc = Make({B, Q, H, L, P * 2}, MSDA_FLOAT32)->get();
+      },
+      MSDA_ERROR_INVALID_RANK, {"sampling_locations"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->attn = Make({B, Q, H, L * P}, MSDA_FLOAT32)->get();
+      },
+      MSDA_ERROR_INVALID_RANK, {"attention_weights"});
   Call c = Valid();
   c.out = Make({B, Q * H * D}, MSDA_FLOAT32)->get();
   ExpectRefused(Direction::kForward, c, MSDA_ERROR_INVALID_RANK, {"output"});
@@ -385,31 +396,61 @@ TEST_F(Validation, MismatchedDims) {
     std::function<void(Call*)> mutate;
   } cases[] = {
       {"locations batch", "sampling_locations",
-       [&](Call* c) { c->loc = Make({B + 1, Q, H, L, P, 2}, f)->get(); }},
+       [&](Call* c) {
+         c->loc = Make({B + 1, Q, H, L, P, 2}, f)->get();
+       }},
       {"locations heads", "sampling_locations",
-       [&](Call* c) { c->loc = Make({B, Q, H + 1, L, P, 2}, f)->get(); }},
+       [&](Call* c) {
+         c->loc = Make({B, Q, H + 1, L, P, 2}, f)->get();
+       }},
       {"locations levels", "sampling_locations",
-       [&](Call* c) { c->loc = Make({B, Q, H, L + 1, P, 2}, f)->get(); }},
+       [&](Call* c) {
+         c->loc = Make({B, Q, H, L + 1, P, 2}, f)->get();
+       }},
       {"locations last dim 3", "sampling_locations",
-       [&](Call* c) { c->loc = Make({B, Q, H, L, P, 3}, f)->get(); }},
+       [&](Call* c) {
+         c->loc = Make({B, Q, H, L, P, 3}, f)->get();
+       }},
       {"locations last dim 1", "sampling_locations",
-       [&](Call* c) { c->loc = Make({B, Q, H, L, P, 1}, f)->get(); }},
+       [&](Call* c) {
+         c->loc = Make({B, Q, H, L, P, 1}, f)->get();
+       }},
       {"weights batch", "attention_weights",
-       [&](Call* c) { c->attn = Make({B + 1, Q, H, L, P}, f)->get(); }},
+       [&](Call* c) {
+         c->attn = Make({B + 1, Q, H, L, P}, f)->get();
+       }},
       {"weights queries", "attention_weights",
-       [&](Call* c) { c->attn = Make({B, Q + 1, H, L, P}, f)->get(); }},
+       [&](Call* c) {
+         c->attn = Make({B, Q + 1, H, L, P}, f)->get();
+       }},
       {"weights heads", "attention_weights",
-       [&](Call* c) { c->attn = Make({B, Q, H - 1, L, P}, f)->get(); }},
+       [&](Call* c) {
+         c->attn = Make({B, Q, H - 1, L, P}, f)->get();
+       }},
       {"weights levels", "attention_weights",
-       [&](Call* c) { c->attn = Make({B, Q, H, L + 1, P}, f)->get(); }},
+       [&](Call* c) {
+         c->attn = Make({B, Q, H, L + 1, P}, f)->get();
+       }},
       {"weights points", "attention_weights",
-       [&](Call* c) { c->attn = Make({B, Q, H, L, P + 1}, f)->get(); }},
+       [&](Call* c) {
+         c->attn = Make({B, Q, H, L, P + 1}, f)->get();
+       }},
       {"spatial_shapes [L, 3]", "spatial_shapes",
-       [&](Call* c) { c->shapes = Make({L, 3}, MSDA_INT64)->get(); }},
+       [&](Call* c) {
+         c->shapes = Make({L, 3}, MSDA_INT64)->get();
+       }},
       {"level_start_index [L + 1]", "level_start_index",
-       [&](Call* c) { c->starts = Starts({0, 12, 16})->get(); }},
-      {"zero heads", "value", [&](Call* c) { c->value = Make({B, K, 0, D}, f)->get(); }},
-      {"zero embed dims", "value", [&](Call* c) { c->value = Make({B, K, H, 0}, f)->get(); }},
+       [&](Call* c) {
+         c->starts = Starts({0, 12, 16})->get();
+       }},
+      {"zero heads", "value",
+       [&](Call* c) {
+         c->value = Make({B, K, 0, D}, f)->get();
+       }},
+      {"zero embed dims", "value",
+       [&](Call* c) {
+         c->value = Make({B, K, H, 0}, f)->get();
+       }},
       {"zero points", "sampling_locations",
        [&](Call* c) {
          c->loc = Make({B, Q, H, L, 0, 2}, f)->get();
@@ -437,29 +478,53 @@ TEST_F(Validation, MismatchedDims) {
     std::function<void(Call*)> mutate;
   } outputs[] = {
       {"output channels H*D + 1", "output", Direction::kForward,
-       [&](Call* c) { c->out = Make({B, Q, H * D + 1}, f)->get(); }},
+       [&](Call* c) {
+         c->out = Make({B, Q, H * D + 1}, f)->get();
+       }},
       {"output channels D", "output", Direction::kForward,
-       [&](Call* c) { c->out = Make({B, Q, D}, f)->get(); }},
+       [&](Call* c) {
+         c->out = Make({B, Q, D}, f)->get();
+       }},
       {"output queries", "output", Direction::kForward,
-       [&](Call* c) { c->out = Make({B, Q + 1, H * D}, f)->get(); }},
+       [&](Call* c) {
+         c->out = Make({B, Q + 1, H * D}, f)->get();
+       }},
       {"output batch", "output", Direction::kForward,
-       [&](Call* c) { c->out = Make({B + 1, Q, H * D}, f)->get(); }},
+       [&](Call* c) {
+         c->out = Make({B + 1, Q, H * D}, f)->get();
+       }},
       {"grad_output channels", "grad_output", Direction::kBackward,
-       [&](Call* c) { c->grad_out = Make({B, Q, H * D - 1}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_out = Make({B, Q, H * D - 1}, f)->get();
+       }},
       {"grad_output queries", "grad_output", Direction::kBackward,
-       [&](Call* c) { c->grad_out = Make({B, Q - 1, H * D}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_out = Make({B, Q - 1, H * D}, f)->get();
+       }},
       {"grad_value keys", "grad_value", Direction::kBackward,
-       [&](Call* c) { c->grad_value = Make({B, K + 1, H, D}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_value = Make({B, K + 1, H, D}, f)->get();
+       }},
       {"grad_value dims", "grad_value", Direction::kBackward,
-       [&](Call* c) { c->grad_value = Make({B, K, H, D + 1}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_value = Make({B, K, H, D + 1}, f)->get();
+       }},
       {"grad_sampling_locations points", "grad_sampling_locations", Direction::kBackward,
-       [&](Call* c) { c->grad_loc = Make({B, Q, H, L, P + 1, 2}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_loc = Make({B, Q, H, L, P + 1, 2}, f)->get();
+       }},
       {"grad_sampling_locations last dim", "grad_sampling_locations", Direction::kBackward,
-       [&](Call* c) { c->grad_loc = Make({B, Q, H, L, P, 1}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_loc = Make({B, Q, H, L, P, 1}, f)->get();
+       }},
       {"grad_attention_weights points", "grad_attention_weights", Direction::kBackward,
-       [&](Call* c) { c->grad_attn = Make({B, Q, H, L, P - 1}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_attn = Make({B, Q, H, L, P - 1}, f)->get();
+       }},
       {"grad_attention_weights batch", "grad_attention_weights", Direction::kBackward,
-       [&](Call* c) { c->grad_attn = Make({B + 1, Q, H, L, P}, f)->get(); }},
+       [&](Call* c) {
+         c->grad_attn = Make({B + 1, Q, H, L, P}, f)->get();
+       }},
   };
   for (const auto& k : outputs) {
     SCOPED_TRACE(k.what);
@@ -475,8 +540,11 @@ TEST_F(Validation, BadDtypes) {
                     MSDA_ERROR_INVALID_DTYPE, {"value"});
   ExpectBothRefused([&](Call* c) { c->value = Make(p_.value_dims(), MSDA_INT64)->get(); },
                     MSDA_ERROR_INVALID_DTYPE, {"value"});
-  ExpectBothRefused([&](Call* c) { c->shapes = Make({2, 2}, f32)->get(); },
-                    MSDA_ERROR_INVALID_DTYPE, {"spatial_shapes"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->shapes = Make({2, 2}, f32)->get();
+      },
+      MSDA_ERROR_INVALID_DTYPE, {"spatial_shapes"});
   ExpectBothRefused([&](Call* c) { c->starts = Make({2}, MSDA_FLOAT64)->get(); },
                     MSDA_ERROR_INVALID_DTYPE, {"level_start_index"});
   // Locations: value's dtype or FLOAT32, nothing else.
@@ -534,7 +602,9 @@ TEST_F(Validation, Devices) {
       [&](Call* c) { c->loc = Make(p_.loc_dims(), f, Layout(), MSDA_DEVICE_CUDA)->get(); },
       MSDA_ERROR_INVALID_DEVICE, {"sampling_locations"});
   ExpectBothRefused(
-      [&](Call* c) { c->shapes = Make({2, 2}, MSDA_INT64, Layout(), MSDA_DEVICE_CUDA)->get(); },
+      [&](Call* c) {
+        c->shapes = Make({2, 2}, MSDA_INT64, Layout(), MSDA_DEVICE_CUDA)->get();
+      },
       MSDA_ERROR_INVALID_DEVICE, {"spatial_shapes"});
   // A device id other than value's.
   ExpectBothRefused(
@@ -564,7 +634,13 @@ TEST_F(Validation, CreateTensorRefusesBadLayouts) {
     const char* word;
     msdaStatus status;
   } cases[] = {
-      {"negative stride", dims, 3, MSDA_FLOAT32, {12, -4, 1}, 0, "stride",
+      {"negative stride",
+       dims,
+       3,
+       MSDA_FLOAT32,
+       {12, -4, 1},
+       0,
+       "stride",
        MSDA_ERROR_INVALID_LAYOUT},
       {"negative offset", dims, 3, MSDA_FLOAT32, {}, -1, "offset", MSDA_ERROR_INVALID_LAYOUT},
       {"too many dims", dims, 9, MSDA_FLOAT32, {}, 0, "ndim", MSDA_ERROR_INVALID_RANK},
@@ -572,9 +648,9 @@ TEST_F(Validation, CreateTensorRefusesBadLayouts) {
   };
   for (const auto& k : cases) {
     SCOPED_TRACE(k.what);
-    msdaTensor* t = msdaCreateTensor(k.dims, k.ndim, k.dtype,
-                                     k.strides.empty() ? nullptr : k.strides.data(), k.offset,
-                                     MSDA_DEVICE_CPU, 0, data);
+    msdaTensor* t =
+        msdaCreateTensor(k.dims, k.ndim, k.dtype, k.strides.empty() ? nullptr : k.strides.data(),
+                         k.offset, MSDA_DEVICE_CPU, 0, data);
     EXPECT_EQ(t, nullptr);
     EXPECT_NE(std::string(msdaGetLastErrorMessage()).find(k.word), std::string::npos)
         << msdaGetLastErrorMessage();
@@ -601,7 +677,8 @@ TEST_F(Validation, CreateTensorRefusesBadLayouts) {
   EXPECT_NE(std::string(msdaGetLastErrorMessage()).find("dim"), std::string::npos);
   // Zero strides, zero dims and rank 0 are all valid views.
   const int64_t zero_strides[3] = {0, 0, 0};
-  msdaTensor* t = msdaCreateTensor(dims, 3, MSDA_FLOAT32, zero_strides, 5, MSDA_DEVICE_CPU, 0, data);
+  msdaTensor* t =
+      msdaCreateTensor(dims, 3, MSDA_FLOAT32, zero_strides, 5, MSDA_DEVICE_CPU, 0, data);
   EXPECT_NE(t, nullptr) << msdaGetLastErrorMessage();
   EXPECT_STREQ(msdaGetLastErrorMessage(), "");
   msdaDestroyTensor(t);
@@ -635,7 +712,8 @@ TEST_F(Validation, OutputsMustNotOverlapInputsOrEachOther) {
   c = Valid();
   c.loc = view(p_.loc_dims(), loc_buffer->data());
   c.out = view(p_.out_dims(), loc_buffer->data(), n_loc - 5);
-  ExpectRefused(Direction::kForward, c, MSDA_ERROR_INVALID_LAYOUT, {"output", "sampling_locations"});
+  ExpectRefused(Direction::kForward, c, MSDA_ERROR_INVALID_LAYOUT,
+                {"output", "sampling_locations"});
   HostTensor* attn_buffer = Make({n_attn + n_out}, MSDA_FLOAT32);
   c = Valid();
   c.attn = view(p_.attn_dims(), attn_buffer->data());
@@ -669,7 +747,8 @@ TEST_F(Validation, OutputsMustNotOverlapInputsOrEachOther) {
   ExpectRefused(Direction::kBackward, c, MSDA_ERROR_INVALID_LAYOUT, {"grad_value"});
   const int64_t zero_batch[4] = {0, p_.heads * p_.dims, p_.dims, 1};
   c = Valid();
-  c.grad_value = view(p_.value_dims(), Make({p_.keys() * H * D}, MSDA_FLOAT32)->data(), 0, zero_batch);
+  c.grad_value =
+      view(p_.value_dims(), Make({p_.keys() * H * D}, MSDA_FLOAT32)->data(), 0, zero_batch);
   ExpectRefused(Direction::kBackward, c, MSDA_ERROR_INVALID_LAYOUT, {"grad_value"});
 }
 
@@ -679,7 +758,9 @@ TEST_F(Validation, InputsMayOverlap) {
   const int64_t zero_batch[4] = {0, p_.heads * p_.dims, p_.dims, 1};
   HostTensor* shared = Make({NumElements(p_.loc_dims())}, MSDA_FLOAT32);
   Call c = Valid();
-  c.value = Make(p_.value_dims(), MSDA_FLOAT32, Strided(std::vector<int64_t>(zero_batch, zero_batch + 4)))->get();
+  c.value =
+      Make(p_.value_dims(), MSDA_FLOAT32, Strided(std::vector<int64_t>(zero_batch, zero_batch + 4)))
+          ->get();
   c.loc = shared->get();
   msdaTensor* loc = msdaCreateTensor(p_.loc_dims().data(), 6, MSDA_FLOAT32, nullptr, 0,
                                      MSDA_DEVICE_CPU, 0, shared->data());
@@ -697,18 +778,33 @@ TEST_F(Validation, LevelTableContents) {
   const int64_t B = p_.batch, H = p_.heads, D = p_.dims;
   const int64_t K = p_.keys();
   // A level of height 0, or a negative width.
-  ExpectBothRefused([&](Call* c) { c->shapes = Shapes({{0, 4}, {2, 2}})->get(); },
-                    MSDA_ERROR_INVALID_VALUE, {"spatial_shapes"});
-  ExpectBothRefused([&](Call* c) { c->shapes = Shapes({{3, 4}, {2, -2}})->get(); },
-                    MSDA_ERROR_INVALID_VALUE, {"spatial_shapes"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->shapes = Shapes({{0, 4}, {2, 2}})->get();
+      },
+      MSDA_ERROR_INVALID_VALUE, {"spatial_shapes"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->shapes = Shapes({{3, 4}, {2, -2}})->get();
+      },
+      MSDA_ERROR_INVALID_VALUE, {"spatial_shapes"});
   // level_start_index not the prefix sums.
-  ExpectBothRefused([&](Call* c) { c->starts = Starts({0, 11})->get(); },
-                    MSDA_ERROR_INVALID_VALUE, {"level_start_index"});
-  ExpectBothRefused([&](Call* c) { c->starts = Starts({1, 13})->get(); },
-                    MSDA_ERROR_INVALID_VALUE, {"level_start_index"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->starts = Starts({0, 11})->get();
+      },
+      MSDA_ERROR_INVALID_VALUE, {"level_start_index"});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->starts = Starts({1, 13})->get();
+      },
+      MSDA_ERROR_INVALID_VALUE, {"level_start_index"});
   // (The right prefix sums in INT32 are accepted.)
-  ExpectBothRefused([&](Call* c) { c->starts = Starts({0, 12}, MSDA_INT32)->get(); },
-                    MSDA_SUCCESS, {});
+  ExpectBothRefused(
+      [&](Call* c) {
+        c->starts = Starts({0, 12}, MSDA_INT32)->get();
+      },
+      MSDA_SUCCESS, {});
   // The levels' areas do not add up to value's keys.
   for (Direction dir : {Direction::kForward, Direction::kBackward}) {
     Call c = Valid();
