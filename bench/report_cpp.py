@@ -39,32 +39,51 @@ def parse_table(text):
 
 
 def plot(rows, path):
+    """Three panels, one group of bars per shape: the time against the same-run roofline, the
+    SIMD target's speed-up over the scalar one, and (backward only) the by-head mode's speed-up
+    over the counting sort. Every bar carries its value; a missing figure is marked "n/a"."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def ratio(rest, i):
-        return float(rest[i]) if len(rest) > i and rest[i] != "-" else 0.0
+    def cell(rest, i):
+        return float(rest[i]) if len(rest) > i and rest[i] != "-" else None
 
-    labels, roofline, simd, by_head = [], [], [], []
-    for shape, pass_, threads, *rest in rows:
-        labels.append(f"{shape}\n{pass_[:3]} {threads}t")
-        roofline.append(float(rest[4]))
-        simd.append(ratio(rest, 8))
-        by_head.append(ratio(rest, 10))
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
-    axes[0].bar(range(len(labels)), roofline, color="#4477aa")
-    axes[0].set_title("time / same-run roofline bound (lower is better)")
-    axes[1].bar(range(len(labels)), simd, color="#ee6677")
-    axes[1].set_title("SIMD speed-up over the scalar target (higher is better)")
-    axes[2].bar(range(len(labels)), by_head, color="#ccbb44")
-    axes[2].axhline(1.0, color="black", linewidth=0.8)
-    axes[2].set_title("backward: counting sort / by-head time (higher is better)")
-    for ax in axes:
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=6, rotation=90)
+    shapes = list(dict.fromkeys(r[0] for r in rows))
+    series = list(dict.fromkeys((r[1], r[2]) for r in rows))  # (pass, threads)
+    table = {(r[0], r[1], r[2]): r[3:] for r in rows}
+    colours = ["#4477aa", "#66ccee", "#ee6677", "#ccbb44", "#228833", "#aa3377"]
+    panels = [
+        ("time / same-run roofline (lower is better)", "x roofline", 4, series),
+        ("SIMD target vs scalar target (higher is better)", "scalar time / SIMD time", 8, series),
+        ("backward: by-head vs counting sort (higher is better)",
+         "counting-sort time / by-head time", 10, [s for s in series if s[0] == "backward"]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    for ax, (title, ylabel, column, panel_series) in zip(axes, panels):
+        width = 0.8 / max(len(panel_series), 1)
+        for k, (pass_, threads) in enumerate(panel_series):
+            xs = [i + (k - (len(panel_series) - 1) / 2) * width for i in range(len(shapes))]
+            values = [cell(table.get((shape, pass_, threads), []), column) for shape in shapes]
+            colour = colours[series.index((pass_, threads)) % len(colours)]
+            bars = ax.bar(xs, [v or 0.0 for v in values], width,
+                          label=f"{pass_}, {threads} thread{'s' if threads != '1' else ''}",
+                          color=colour)
+            for bar, v in zip(bars, values):
+                ax.annotate("n/a" if v is None else f"{v:.1f}",
+                            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        if column != 4:
+            ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(range(len(shapes)))
+        ax.set_xticklabels(shapes)
+        ax.set_xlabel("shape (docs/benchmarks.md lists them)")
         ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # Room for the legend above the bars.
+        ax.legend(fontsize=8, ncol=2, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
