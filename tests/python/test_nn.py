@@ -1,4 +1,6 @@
 """msda.nn: the mmcv-compatible layer and the Hugging Face drop-in."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -176,8 +178,29 @@ def test_patch_transformers():
     assert replaced == ["layers.0.attn", "layers.1.attn"]
     assert all(isinstance(l.attn, mnn.HFMultiScaleDeformableAttention) for l in model.layers)
     assert type(model.mmcv) is mnn.MultiScaleDeformableAttention
-    with pytest.warns(UserWarning, match="no parameter-free module"):
+    # Idempotent: nothing more to replace, and no warning (the attention is found, as msda's).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert mnn.patch_transformers(model) == []
+    with pytest.warns(UserWarning, match="no multi-scale deformable attention found"):
+        assert mnn.patch_transformers(nn.Sequential(nn.Linear(2, 2))) == []
+
+
+def test_residual_is_identity_with_a_deprecation_warning():
+    """mmcv's forward maps the deprecated residual= to identity (deprecated_api_warning)."""
+    E, H, P = 16, 2, 2
+    layer = mnn.MultiScaleDeformableAttention(E, H, len(LEVELS), P, batch_first=True).eval()
+    query, value, ref = _inputs(2, 5, E, LEVELS, True, seed=9)
+    ident = torch.randn_like(query)
+    ss = torch.tensor(LEVELS)
+    expected = layer(query, value=value, identity=ident, reference_points=ref, spatial_shapes=ss)
+    with pytest.warns(DeprecationWarning, match='"residual" is deprecated'):
+        out = layer(query, value=value, residual=ident, reference_points=ref, spatial_shapes=ss)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert not torch.equal(out, layer(query, value=value, reference_points=ref, spatial_shapes=ss))
+    with pytest.raises(TypeError, match="both identity and its deprecated name residual"):
+        layer(query, value=value, identity=ident, residual=ident, reference_points=ref,
+              spatial_shapes=ss)
 
 
 def test_layer_compiles_without_graph_breaks():
