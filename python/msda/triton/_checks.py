@@ -64,10 +64,46 @@ def _device(name, t, device, host_ok):
         raise ValueError(f"{name}: must be on the same device as value ({device}), got {t.device}")
 
 
+METHODS = ("default", "discrete")
+
+
+def check_variant(num_points_list, method):
+    """Checks the variant arguments on their own; returns num_points_list as a tuple of ints
+    (or None) and method."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f'method: must be "default" or "discrete", got {method!r}')
+    if num_points_list is None:
+        return None, method
+    if not isinstance(num_points_list, (list, tuple)):
+        raise ValueError("num_points_list: must be None or a list of ints (the points of each "
+                         f"level), got {type(num_points_list).__name__}")
+    counts = []
+    for i, p in enumerate(num_points_list):
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise ValueError(f"num_points_list: entry {i} must be an int, got "
+                             f"{type(p).__name__}")
+        if p < 1:
+            raise ValueError(f"num_points_list: entry {i} must be >= 1, got {p}")
+        counts.append(int(p))
+    return tuple(counts), method
+
+
+def _points_rank(value, sampling_locations, attention_weights, counts):
+    """The rank checks of the points-per-level layout, in the order of output_shape's."""
+    if counts is None:
+        output_shape(value, sampling_locations)
+        return
+    _rank("value", value, 4, "[batch, keys, heads, embed_dims]")
+    _rank("sampling_locations", sampling_locations, 5,
+          "[batch, queries, heads, points, 2] (with num_points_list)")
+
+
 def check(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output=None):
-    """Checks a call; returns (B, K, H, D, Q, L, P). Raises TypeError / ValueError naming the
-    argument, as the CPU op does."""
+          grad_output=None, num_points_list=None, method="default"):
+    """Checks a call; returns (B, K, H, D, Q, L, N), N the points of a (query, head): L * P, or
+    the sum of num_points_list. Raises TypeError / ValueError naming the argument, as the CPU
+    op does."""
+    counts, method = check_variant(num_points_list, method)
     inputs = {
         "value": value,
         "spatial_shapes": spatial_shapes,
@@ -82,7 +118,7 @@ def check(value, spatial_shapes, level_start_index, sampling_locations, attentio
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     for name, t in inputs.items():
         _device(name, t, value.device, name in ("spatial_shapes", "level_start_index"))
-    output_shape(value, sampling_locations)
+    _points_rank(value, sampling_locations, attention_weights, counts)
     for name, t in inputs.items():
         _supported(name, t)
 
@@ -104,8 +140,16 @@ def check(value, spatial_shapes, level_start_index, sampling_locations, attentio
     _rank("value", value, 4, "[batch, keys, heads, embed_dims]")
     _rank("spatial_shapes", spatial_shapes, 2, "[levels, 2]")
     _rank("level_start_index", level_start_index, 1, "[levels]")
-    _rank("sampling_locations", sampling_locations, 6, "[batch, queries, heads, levels, points, 2]")
-    _rank("attention_weights", attention_weights, 5, "[batch, queries, heads, levels, points]")
+    if counts is None:
+        _rank("sampling_locations", sampling_locations, 6,
+              "[batch, queries, heads, levels, points, 2]")
+        _rank("attention_weights", attention_weights, 5,
+              "[batch, queries, heads, levels, points]")
+    else:
+        _rank("sampling_locations", sampling_locations, 5,
+              "[batch, queries, heads, points, 2] (with num_points_list)")
+        _rank("attention_weights", attention_weights, 4,
+              "[batch, queries, heads, points] (with num_points_list)")
 
     B, K, H, D = value.shape
     if H < 1 or D < 1:
@@ -117,23 +161,37 @@ def check(value, spatial_shapes, level_start_index, sampling_locations, attentio
               "MSDA_ERROR_SHAPE_MISMATCH")
     _dims("spatial_shapes", spatial_shapes, (-1, 2), ("levels", "(H, W)"))
     _dims("level_start_index", level_start_index, (L,), ("levels, from spatial_shapes",))
-    _dims("sampling_locations", sampling_locations, (B, -1, H, L, -1, 2),
-          ("batch, from value", "queries", "heads, from value", "levels, from spatial_shapes",
-           "points", "(x, y)"))
-    Q, P = sampling_locations.shape[1], sampling_locations.shape[4]
-    if P < 1:
-        _fail(ValueError, "sampling_locations: points (dim 4) must be >= 1, got shape "
-              f"{_shape(sampling_locations)}", "MSDA_ERROR_SHAPE_MISMATCH")
-    _dims("attention_weights", attention_weights, (B, Q, H, L, P),
-          ("batch, from value", "queries, from sampling_locations", "heads, from value",
-           "levels, from spatial_shapes", "points, from sampling_locations"))
+    if counts is None:
+        _dims("sampling_locations", sampling_locations, (B, -1, H, L, -1, 2),
+              ("batch, from value", "queries", "heads, from value",
+               "levels, from spatial_shapes", "points", "(x, y)"))
+        Q, P = sampling_locations.shape[1], sampling_locations.shape[4]
+        if P < 1:
+            _fail(ValueError, "sampling_locations: points (dim 4) must be >= 1, got shape "
+                  f"{_shape(sampling_locations)}", "MSDA_ERROR_SHAPE_MISMATCH")
+        _dims("attention_weights", attention_weights, (B, Q, H, L, P),
+              ("batch, from value", "queries, from sampling_locations", "heads, from value",
+               "levels, from spatial_shapes", "points, from sampling_locations"))
+        N = L * P
+    else:
+        if len(counts) != L:
+            raise ValueError(f"num_points_list: must have one entry per level of spatial_shapes "
+                             f"({L}), got {len(counts)} entries")
+        N = sum(counts)
+        _dims("sampling_locations", sampling_locations, (B, -1, H, N, 2),
+              ("batch, from value", "queries", "heads, from value",
+               "points, the sum of num_points_list", "(x, y)"))
+        Q = sampling_locations.shape[1]
+        _dims("attention_weights", attention_weights, (B, Q, H, N),
+              ("batch, from value", "queries, from sampling_locations", "heads, from value",
+               "points, the sum of num_points_list"))
     if grad_output is not None:
         _rank("grad_output", grad_output, 3, "[batch, queries, heads * embed_dims]")
         _dims("grad_output", grad_output, (B, Q, H * D), ("batch", "queries", "heads * embed_dims"))
 
     if _readable(spatial_shapes) and _readable(level_start_index):
         _check_levels(spatial_shapes.tolist(), level_start_index.tolist(), K)
-    return B, K, H, D, Q, L, P
+    return B, K, H, D, Q, L, N
 
 
 def _readable(t):
