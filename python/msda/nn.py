@@ -515,10 +515,10 @@ def patch_transformers(
                 setattr(parent, _CORE_ATTRIBUTE, _REPLACEMENTS[core.__name__])
                 replaced.append(prefix + _CORE_ATTRIBUTE)
         for child_name, child in list(parent.named_children()):
-            if type(child).__name__ not in names:
-                continue
-            if isinstance(child, (HFMultiScaleDeformableAttention, MultiScaleDeformableAttention)):
+            if isinstance(child, HFMultiScaleDeformableAttention):
                 found = True
+                continue
+            if type(child).__name__ not in names or isinstance(child, MultiScaleDeformableAttention):
                 continue
             if next(child.parameters(recurse=False), None) is not None:
                 continue
