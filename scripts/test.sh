@@ -44,6 +44,9 @@ if [ -f pyproject.toml ] && [ "${MSDA_SKIP_PYTHON:-0}" != 1 ]; then
   "$python" -m pip install -q "torch==2.13.0" "triton==3.9.0" numpy pytest hypothesis \
     scikit-build-core nanobind "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2" \
     "openvino==2026.4.1" "transformers==5.24.0"
+  # tests/python/test_mmcv.py: mmdet 3.3.0 accepts mmcv < 2.2.0; mmcv's full build (compiled
+  # ops) is not pip-installable in reasonable time, so mmcv-lite (its Python code) is used.
+  "$python" -m pip install -q "mmengine==0.10.7" "mmcv-lite==2.1.0" "mmdet==3.3.0"
   "$python" -m pip install -q --no-build-isolation .
   "$python" -m pytest -q tests/python
 fi
