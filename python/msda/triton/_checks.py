@@ -71,24 +71,27 @@ def check_variant(num_points_list, method):
     """Checks the variant arguments on their own; returns num_points_list as a tuple of ints
     (or None) and method."""
     if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f'method: must be "default" or "discrete", got {method!r}')
+        raise ValueError(f"method: must be 'default' or 'discrete', got {method!r}")
     if num_points_list is None:
         return None, method
+    if hasattr(num_points_list, "tolist"):  # A tensor or an array of counts.
+        num_points_list = num_points_list.tolist()
     if not isinstance(num_points_list, (list, tuple)):
         raise ValueError("num_points_list: must be None or a list of ints (the points of each "
                          f"level), got {type(num_points_list).__name__}")
     counts = []
     for i, p in enumerate(num_points_list):
-        if isinstance(p, bool) or not isinstance(p, int):
+        if isinstance(p, bool) or not hasattr(p, "__index__"):
             raise ValueError(f"num_points_list: entry {i} must be an int, got "
                              f"{type(p).__name__}")
+        p = int(p)
         if p < 1:
             raise ValueError(f"num_points_list: entry {i} must be >= 1, got {p}")
-        counts.append(int(p))
+        counts.append(p)
     return tuple(counts), method
 
 
-def _points_rank(value, sampling_locations, attention_weights, counts):
+def _points_rank(value, sampling_locations, counts):
     """The rank checks of the points-per-level layout, in the order of output_shape's."""
     if counts is None:
         output_shape(value, sampling_locations)
@@ -118,7 +121,7 @@ def check(value, spatial_shapes, level_start_index, sampling_locations, attentio
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     for name, t in inputs.items():
         _device(name, t, value.device, name in ("spatial_shapes", "level_start_index"))
-    _points_rank(value, sampling_locations, attention_weights, counts)
+    _points_rank(value, sampling_locations, counts)
     for name, t in inputs.items():
         _supported(name, t)
 

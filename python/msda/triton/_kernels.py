@@ -2,7 +2,13 @@
 
 A program handles one (batch item, head) and a block of BLOCK_Q queries; for every level and
 point it computes the bilinear geometry of the block's queries as vectors, then gathers the
-four corner rows of value as [BLOCK_Q, BLOCK_D] tiles. Every tensor is addressed through its
+four corner rows of value as [BLOCK_Q, BLOCK_D] tiles.
+
+Variants (compile-time switches): VARIABLE, points per level (num_points_list): the points of
+level l are the flat points point_starts[l] .. point_starts[l + 1] - 1 (the level strides are
+0), while P points per level (and equal counts) keep today's (l, p) loops; DISCRETE, each point
+reads the one pixel trunc(clamp(x * W + 0.5, 0, W - 1)) (y likewise) with no location gradient,
+one grad_value entry per point instead of four. Every tensor is addressed through its
 strides (no copies), with 64-bit offsets. Half types are converted on load and arithmetic is in
 ACC (fp32, or fp64 for fp64 problems).
 
