@@ -129,11 +129,30 @@ extern "C" {
 
 int32_t msdaGetVersion(void) { return MSDA_VERSION; }
 
+msdaStatus msdaOptionsInit(msdaOptions* options) {
+  msda::ClearError();
+  if (options == nullptr) return Refuse(MSDA_ERROR_NULL_POINTER, "options: is NULL");
+  *options = msdaOptions();
+  options->structSize = sizeof(msdaOptions);
+  options->samplingMethod = MSDA_SAMPLING_BILINEAR;
+  return MSDA_SUCCESS;
+}
+
 msdaStatus msdaForwardGetWorkspaceSize(const msdaTensor* value, const msdaTensor* spatialShapes,
                                        const msdaTensor* levelStartIndex,
                                        const msdaTensor* samplingLocations,
                                        const msdaTensor* attentionWeights, msdaTensor* output,
                                        uint64_t* workspaceSize, msdaExecutor** executor) {
+  return msdaForwardGetWorkspaceSizeEx(value, spatialShapes, levelStartIndex, samplingLocations,
+                                       attentionWeights, output, nullptr, workspaceSize, executor);
+}
+
+msdaStatus msdaForwardGetWorkspaceSizeEx(const msdaTensor* value, const msdaTensor* spatialShapes,
+                                         const msdaTensor* levelStartIndex,
+                                         const msdaTensor* samplingLocations,
+                                         const msdaTensor* attentionWeights, msdaTensor* output,
+                                         const msdaOptions* options, uint64_t* workspaceSize,
+                                         msdaExecutor** executor) {
   msda::ClearError();
   if (workspaceSize == nullptr) return Refuse(MSDA_ERROR_NULL_POINTER, "workspaceSize: is NULL");
   if (executor == nullptr) return Refuse(MSDA_ERROR_NULL_POINTER, "executor: is NULL");
@@ -147,6 +166,7 @@ msdaStatus msdaForwardGetWorkspaceSize(const msdaTensor* value, const msdaTensor
     call.sampling_locations = samplingLocations;
     call.attention_weights = attentionWeights;
     call.output = output;
+    call.options = options;
     msda::Problem problem;
     msda::Params params;
     msdaStatus status = msda::ValidateForward(call, &problem, &params);
@@ -173,6 +193,17 @@ msdaStatus msdaBackwardGetWorkspaceSize(
     const msdaTensor* samplingLocations, const msdaTensor* attentionWeights,
     const msdaTensor* gradOutput, msdaTensor* gradValue, msdaTensor* gradSamplingLocations,
     msdaTensor* gradAttentionWeights, uint64_t* workspaceSize, msdaExecutor** executor) {
+  return msdaBackwardGetWorkspaceSizeEx(
+      value, spatialShapes, levelStartIndex, samplingLocations, attentionWeights, gradOutput,
+      gradValue, gradSamplingLocations, gradAttentionWeights, nullptr, workspaceSize, executor);
+}
+
+msdaStatus msdaBackwardGetWorkspaceSizeEx(
+    const msdaTensor* value, const msdaTensor* spatialShapes, const msdaTensor* levelStartIndex,
+    const msdaTensor* samplingLocations, const msdaTensor* attentionWeights,
+    const msdaTensor* gradOutput, msdaTensor* gradValue, msdaTensor* gradSamplingLocations,
+    msdaTensor* gradAttentionWeights, const msdaOptions* options, uint64_t* workspaceSize,
+    msdaExecutor** executor) {
   msda::ClearError();
   if (workspaceSize == nullptr) return Refuse(MSDA_ERROR_NULL_POINTER, "workspaceSize: is NULL");
   if (executor == nullptr) return Refuse(MSDA_ERROR_NULL_POINTER, "executor: is NULL");
@@ -189,6 +220,7 @@ msdaStatus msdaBackwardGetWorkspaceSize(
     call.grad_value = gradValue;
     call.grad_sampling_locations = gradSamplingLocations;
     call.grad_attention_weights = gradAttentionWeights;
+    call.options = options;
     msda::Problem problem;
     msda::Params params;
     msda::GradientSet grads;

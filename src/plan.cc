@@ -58,6 +58,23 @@ class Layout {
   bool overflow_ = false;
 };
 
+// The points of one (batch, query, head), N: false if L * P overflows int64 (the flat
+// layout's sum was checked by validation).
+bool PointCount(const Problem& p, int64_t* n) {
+  if (p.flat_points()) {
+    *n = p.TotalPoints();
+    return true;
+  }
+  return Product({p.num_levels(), p.points}, n);
+}
+
+// Whether a points tensor's (level, point) dims are one contiguous run of N points of
+// `unit` elements each (the flat layout's level stride is 0, see Problem::TensorPoint).
+bool PointsContiguous(const Problem& p, int64_t level_stride, int64_t point_stride, int64_t unit) {
+  if (point_stride != unit) return false;
+  return p.flat_points() || p.num_levels() == 1 || StrideIs(level_stride, unit, p.points);
+}
+
 // Bounds levels * points * 4 so that the padded counts below stay far inside int64.
 constexpr int64_t kMaxScratchCorners = std::numeric_limits<int64_t>::max() / 64;
 
@@ -66,7 +83,8 @@ bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scrat
   Layout layout;
   int64_t corners = 0, padded = 0;
   // Padded by 64 lanes: SIMD compaction stores whole vectors past the last kept corner.
-  if (!Product({p.num_levels(), p.points, 4}, &corners) || corners > kMaxScratchCorners ||
+  int64_t points = 0;
+  if (!PointCount(p, &points) || !Product({points, 4}, &corners) || corners > kMaxScratchCorners ||
       !Product({CeilDiv(corners / 4, 64), 64 * 4}, &padded)) {
     return false;
   }
@@ -95,8 +113,9 @@ constexpr int64_t kCopyBlockKeys = 1024;
 // to the copy's size when it does.
 // Whether queries read at least 16 corner rows per key of each head, enough to pay for a copy.
 bool ManyCornersPerKey(const Problem& p) {
-  int64_t corners = 0;
-  return Product({4, p.queries, p.num_levels(), p.points}, &corners) && corners / 16 >= p.keys;
+  int64_t corners = 0, points = 0;
+  return PointCount(p, &points) && Product({4, p.queries, points}, &corners) &&
+         corners / 16 >= p.keys;
 }
 
 bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
@@ -165,8 +184,8 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
 // the forward's attention weights.
 bool SimdGeometryApplies(const Problem& p, const Strides& st) {
   if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
-  if (st.loc_strides.xy != 1 || st.loc_strides.point != 2 ||
-      !StrideIs(st.loc_strides.level, 2, p.points)) {
+  if (st.loc_strides.xy != 1 ||
+      !PointsContiguous(p, st.loc_strides.level, st.loc_strides.point, 2)) {
     return false;
   }
   if (p.keys >= (int64_t{1} << 31) - 1) return false;
@@ -179,13 +198,14 @@ bool SimdGeometryApplies(const Problem& p, const Strides& st) {
 // Plan::point_levels for a problem with batch items and queries (so with a bounded point
 // count: loc has batch * queries * heads * levels * points elements).
 void FillPointLevels(const Problem& p, PointLevels* lv) {
-  const size_t padded = static_cast<size_t>(CeilDiv(p.num_levels() * p.points, 64) * 64);
+  const size_t padded = static_cast<size_t>(CeilDiv(p.TotalPoints(), 64) * 64);
   for (auto* v : {&lv->width, &lv->height}) v->assign(padded, 1.0f);
   for (auto* v : {&lv->width_i, &lv->height_i}) v->assign(padded, 1);
   lv->start_i.assign(padded, 0);
   size_t i = 0;
-  for (const Level& level : p.levels) {
-    for (int64_t pt = 0; pt < p.points; ++pt, ++i) {
+  for (int64_t l = 0; l < p.num_levels(); ++l) {
+    const Level& level = p.levels[l];
+    for (int64_t pt = 0; pt < p.LevelPoints(l); ++pt, ++i) {
       lv->width[i] = static_cast<float>(level.width);
       lv->height[i] = static_cast<float>(level.height);
       lv->width_i[i] = static_cast<int32_t>(level.width);
@@ -221,8 +241,15 @@ Strides ContiguousStrides(const Problem& p) {
                 P = p.points;
   int64_t v[4], l[6], a[5], r[3];
   RowMajor({B, K, H, D}, v);
-  RowMajor({B, Q, H, L, P, 2}, l);
-  RowMajor({B, Q, H, L, P}, a);
+  if (p.flat_points()) {  // [B, Q, H, N, 2] and [B, Q, H, N]; level stride 0.
+    const int64_t N = p.TotalPoints();
+    RowMajor({B, Q, H, 1, N, 2}, l);
+    RowMajor({B, Q, H, 1, N}, a);
+    l[3] = a[3] = 0;
+  } else {
+    RowMajor({B, Q, H, L, P, 2}, l);
+    RowMajor({B, Q, H, L, P}, a);
+  }
   RowMajor({B, Q, H * D}, r);
   Strides st;
   st.value_strides = st.grad_value_strides = ValueStrides{v[0], v[1], v[2], v[3]};
@@ -243,7 +270,7 @@ bool MakeForwardPlan(const Problem& p, const Strides& st, const Machine& machine
   plan->direction = Direction::kForward;
   plan->acc_bytes = AccBytes(p);
   plan->flat_rows = st.out_strides.channel == 1;
-  PlanGeometry(p, st, st.attn_strides.point == 1 && st.attn_strides.level == p.points, plan);
+  PlanGeometry(p, st, PointsContiguous(p, st.attn_strides.level, st.attn_strides.point, 1), plan);
   const int threads = std::max(1, machine.num_threads);
   // No batch item: nothing is read or written, so no tiles, scratch or workspace (with every
   // tensor empty, no tensor size bounds the other dims).
@@ -315,8 +342,8 @@ bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machin
   const LocationStrides& gl = st.grad_loc_strides;
   b.flat_point_grads =
       p.value_dtype == MSDA_FLOAT32 && p.loc_dtype == MSDA_FLOAT32 &&
-      (!grads.weights || (ga.point == 1 && ga.level == p.points)) &&
-      (!grads.locations || (gl.xy == 1 && gl.point == 2 && StrideIs(gl.level, 2, p.points)));
+      (!grads.weights || PointsContiguous(p, ga.level, ga.point, 1)) &&
+      (!grads.locations || (gl.xy == 1 && PointsContiguous(p, gl.level, gl.point, 2)));
   // No batch item: no gradient element to write (see MakeForwardPlan).
   if (p.batch == 0) return true;
 
@@ -324,7 +351,8 @@ bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machin
   // a query makes heads * levels * points * 4 corner contributions.
   int64_t corners_per_query = 0;
   int64_t channels = 0;  // heads * dims: one key row, or one query row, of every head.
-  if (!Product({p.heads, p.num_levels(), p.points, 4}, &corners_per_query) ||
+  int64_t points = 0;
+  if (!PointCount(p, &points) || !Product({p.heads, points, 4}, &corners_per_query) ||
       !Product({p.heads, p.dims}, &channels)) {
     return false;
   }
@@ -408,12 +436,15 @@ std::string DescribePlan(const Problem& p, const Plan& plan) {
   std::string s;
   std::snprintf(buf, sizeof(buf),
                 "msda %s plan: batch=%lld keys=%lld heads=%lld dims=%lld queries=%lld "
-                "levels=%lld points=%lld\n  threads=%d acc_bytes=%lld "
+                "levels=%lld points=%lld%s sampling=%s\n  threads=%d acc_bytes=%lld "
                 "scratch/thread=%lld B workspace=%llu B\n"
                 "  path: geometry=%s %s rows=%s\n",
                 plan.direction == Direction::kForward ? "forward" : "backward", (long long)p.batch,
                 (long long)p.keys, (long long)p.heads, (long long)p.dims, (long long)p.queries,
-                (long long)p.num_levels(), (long long)p.points, plan.num_threads,
+                (long long)p.num_levels(),
+                (long long)(p.flat_points() ? p.TotalPoints() : p.points),
+                p.flat_points() ? " (in all; per level in the flat layout)" : " (per level)",
+                p.sampling == Sampling::kDiscrete ? "discrete" : "bilinear", plan.num_threads,
                 (long long)plan.acc_bytes, (long long)plan.scratch.bytes,
                 (unsigned long long)plan.workspace_bytes, plan.simd_geometry ? "simd" : "scalar",
                 plan.direction == Direction::kForward ? "output" : "grad_output",

@@ -242,19 +242,48 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
                                     is_loc_grad ? "sampling_locations' dtype" : "value's dtype"));
   }
 
+  // Options (the ...Ex calls).
+  const msdaOptions* options = call.options;
+  if (options != nullptr) {
+    if (options->structSize != sizeof(msdaOptions)) {
+      return Refuse(MSDA_ERROR_INVALID_VALUE, "options: structSize must be sizeof(msdaOptions) = " +
+                                                  std::to_string(sizeof(msdaOptions)) +
+                                                  " (set by msdaOptionsInit), got " +
+                                                  std::to_string(options->structSize));
+    }
+    if (options->samplingMethod != MSDA_SAMPLING_BILINEAR &&
+        options->samplingMethod != MSDA_SAMPLING_DISCRETE) {
+      return Refuse(MSDA_ERROR_INVALID_VALUE,
+                    "options: samplingMethod must be MSDA_SAMPLING_BILINEAR (0) or "
+                    "MSDA_SAMPLING_DISCRETE (1), got " +
+                        std::to_string(static_cast<int64_t>(options->samplingMethod)));
+    }
+    if (options->numPointsList == nullptr && options->numLevels != 0) {
+      return Refuse(MSDA_ERROR_NULL_POINTER, "options: numPointsList is NULL but numLevels is " +
+                                                 std::to_string(options->numLevels));
+    }
+    p->sampling = options->samplingMethod == MSDA_SAMPLING_DISCRETE ? Sampling::kDiscrete
+                                                                    : Sampling::kBilinear;
+  }
+  const bool flat = options != nullptr && options->numPointsList != nullptr;
+
   // Ranks and dims.
   MSDA_RETURN_IF_ERROR(CheckRank(value, 4, "[batch, keys, heads, embed_dims]"));
   MSDA_RETURN_IF_ERROR(CheckRank(shapes, 2, "[levels, 2]"));
   MSDA_RETURN_IF_ERROR(CheckRank(starts, 1, "[levels]"));
-  MSDA_RETURN_IF_ERROR(CheckRank(locs, 6, "[batch, queries, heads, levels, points, 2]"));
-  MSDA_RETURN_IF_ERROR(CheckRank(weights, 5, "[batch, queries, heads, levels, points]"));
+  const size_t loc_rank = flat ? 5 : 6;
+  const char* const loc_layout = flat ? "[batch, queries, heads, sum of numPointsList, 2]"
+                                      : "[batch, queries, heads, levels, points, 2]";
+  const char* const attn_layout = flat ? "[batch, queries, heads, sum of numPointsList]"
+                                       : "[batch, queries, heads, levels, points]";
+  MSDA_RETURN_IF_ERROR(CheckRank(locs, loc_rank, loc_layout));
+  MSDA_RETURN_IF_ERROR(CheckRank(weights, loc_rank - 1, attn_layout));
   p->batch = call.value->dims[0];
   p->keys = call.value->dims[1];
   p->heads = call.value->dims[2];
   p->dims = call.value->dims[3];
   const int64_t num_levels = call.spatial_shapes->dims[0];
   p->queries = call.sampling_locations->dims[1];
-  p->points = call.sampling_locations->dims[4];
   p->value_dtype = vt;
   p->loc_dtype = lt;
   if (p->heads < 1 || p->dims < 1) {
@@ -267,18 +296,66 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
   }
   MSDA_RETURN_IF_ERROR(CheckDims(shapes, {-1, 2}, {"levels", "(H, W)"}));
   MSDA_RETURN_IF_ERROR(CheckDims(starts, {num_levels}, {"levels, from spatial_shapes"}));
-  MSDA_RETURN_IF_ERROR(CheckDims(locs, {p->batch, -1, p->heads, num_levels, -1, 2},
-                                 {"batch, from value", "queries", "heads, from value",
-                                  "levels, from spatial_shapes", "points", "(x, y)"}));
-  if (p->points < 1) {
+  std::vector<int64_t> point_dims;  // The dims of sampling_locations before the (x, y) dim.
+  std::vector<const char*> point_names;
+  if (flat) {
+    if (static_cast<int64_t>(options->numLevels) != num_levels) {
+      return Refuse(MSDA_ERROR_SHAPE_MISMATCH, "options: numPointsList has " +
+                                                   std::to_string(options->numLevels) +
+                                                   " entries but spatial_shapes has " +
+                                                   std::to_string(num_levels) + " levels");
+    }
+    std::vector<int64_t> counts(num_levels);
+    int64_t total = 0;
+    for (int64_t l = 0; l < num_levels; ++l) {
+      counts[l] = options->numPointsList[l];
+      if (counts[l] < 1) {
+        return Refuse(MSDA_ERROR_INVALID_VALUE, "options: numPointsList[" + std::to_string(l) +
+                                                    "] must be >= 1, got " +
+                                                    std::to_string(counts[l]));
+      }
+      if (__builtin_add_overflow(total, counts[l], &total)) {
+        return Refuse(MSDA_ERROR_LIMIT_EXCEEDED,
+                      "options: the sum of numPointsList overflows int64");
+      }
+    }
+    // Equal counts are the 6-D problem seen through the flat layout (BindPoints).
+    bool equal = true;
+    for (int64_t c : counts) equal = equal && c == counts[0];
+    if (equal) {
+      p->points = counts[0];
+    } else {
+      p->SetLevelPoints(counts);
+    }
+    point_dims = {p->batch, -1, p->heads, total};
+    point_names = {"batch, from value", "queries", "heads, from value",
+                   "points, the sum of numPointsList"};
+  } else {
+    p->points = call.sampling_locations->dims[4];
+    point_dims = {p->batch, -1, p->heads, num_levels, -1};
+    point_names = {"batch, from value", "queries", "heads, from value",
+                   "levels, from spatial_shapes", "points"};
+  }
+  {
+    std::vector<int64_t> expected = point_dims;
+    std::vector<const char*> what = point_names;
+    expected.push_back(2);
+    what.push_back("(x, y)");
+    MSDA_RETURN_IF_ERROR(CheckDims(locs, expected, what));
+  }
+  if (!flat && p->points < 1) {
     return Refuse(MSDA_ERROR_SHAPE_MISMATCH,
                   "sampling_locations: points (dim 4) must be >= 1, got shape " +
                       ShapeString(*call.sampling_locations));
   }
-  MSDA_RETURN_IF_ERROR(
-      CheckDims(weights, {p->batch, p->queries, p->heads, num_levels, p->points},
-                {"batch, from value", "queries, from sampling_locations", "heads, from value",
-                 "levels, from spatial_shapes", "points, from sampling_locations"}));
+  // attention_weights: the same dims as sampling_locations but the last.
+  point_dims[1] = p->queries;
+  point_names[1] = "queries, from sampling_locations";
+  if (!flat) {
+    point_dims[4] = p->points;
+    point_names[4] = "points, from sampling_locations";
+  }
+  MSDA_RETURN_IF_ERROR(CheckDims(weights, point_dims, point_names));
   int64_t channels;
   if (__builtin_mul_overflow(p->heads, p->dims, &channels)) {
     return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "value: heads * embed_dims overflows int64");
@@ -295,13 +372,18 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
       MSDA_RETURN_IF_ERROR(
           CheckDims(n, call.value->dims, {"batch", "keys", "heads", "embed_dims"}));
     } else if (name == "grad_sampling_locations") {
-      MSDA_RETURN_IF_ERROR(CheckRank(n, 6, "like sampling_locations"));
-      MSDA_RETURN_IF_ERROR(CheckDims(n, call.sampling_locations->dims,
-                                     {"batch", "queries", "heads", "levels", "points", "(x, y)"}));
+      MSDA_RETURN_IF_ERROR(CheckRank(n, loc_rank, "like sampling_locations"));
+      MSDA_RETURN_IF_ERROR(
+          CheckDims(n, call.sampling_locations->dims,
+                    flat ? std::vector<const char*>{"batch", "queries", "heads", "points", "(x, y)"}
+                         : std::vector<const char*>{"batch", "queries", "heads", "levels", "points",
+                                                    "(x, y)"}));
     } else if (name == "grad_attention_weights") {
-      MSDA_RETURN_IF_ERROR(CheckRank(n, 5, "like attention_weights"));
-      MSDA_RETURN_IF_ERROR(CheckDims(n, call.attention_weights->dims,
-                                     {"batch", "queries", "heads", "levels", "points"}));
+      MSDA_RETURN_IF_ERROR(CheckRank(n, loc_rank - 1, "like attention_weights"));
+      MSDA_RETURN_IF_ERROR(CheckDims(
+          n, call.attention_weights->dims,
+          flat ? std::vector<const char*>{"batch", "queries", "heads", "points"}
+               : std::vector<const char*>{"batch", "queries", "heads", "levels", "points"}));
     }
   }
 
@@ -313,26 +395,39 @@ void CopyStrides(const msdaTensor& t, ValueStrides* st) {
   const int64_t* s = t.strides.data();
   *st = ValueStrides{s[0], s[1], s[2], s[3]};
 }
-void CopyStrides(const msdaTensor& t, LocationStrides* st) {
-  const int64_t* s = t.strides.data();
-  *st = LocationStrides{s[0], s[1], s[2], s[3], s[4], s[5]};
+// Points tensors in the flat layout [..., N(, 2)] get a level stride: P times the point
+// stride when the counts are equal (a 6-D view), 0 otherwise (Problem::TensorPoint).
+int64_t FlatLevelStride(const Problem& p, int64_t point_stride) {
+  return p.flat_points() ? 0 : p.points * point_stride;
 }
-void CopyStrides(const msdaTensor& t, WeightStrides* st) {
+void CopyStrides(const msdaTensor& t, const Problem& p, LocationStrides* st) {
   const int64_t* s = t.strides.data();
-  *st = WeightStrides{s[0], s[1], s[2], s[3], s[4]};
+  if (t.dims.size() == 5) {
+    *st = LocationStrides{s[0], s[1], s[2], FlatLevelStride(p, s[3]), s[3], s[4]};
+  } else {
+    *st = LocationStrides{s[0], s[1], s[2], s[3], s[4], s[5]};
+  }
+}
+void CopyStrides(const msdaTensor& t, const Problem& p, WeightStrides* st) {
+  const int64_t* s = t.strides.data();
+  if (t.dims.size() == 4) {
+    *st = WeightStrides{s[0], s[1], s[2], FlatLevelStride(p, s[3]), s[3]};
+  } else {
+    *st = WeightStrides{s[0], s[1], s[2], s[3], s[4]};
+  }
 }
 void CopyStrides(const msdaTensor& t, RowStrides* st) {
   const int64_t* s = t.strides.data();
   *st = RowStrides{s[0], s[1], s[2]};
 }
 
-void BindInputs(const CallTensors& call, Params* params) {
+void BindInputs(const CallTensors& call, const Problem& p, Params* params) {
   params->value = BasePointer(*call.value);
   CopyStrides(*call.value, &params->value_strides);
   params->loc = BasePointer(*call.sampling_locations);
-  CopyStrides(*call.sampling_locations, &params->loc_strides);
+  CopyStrides(*call.sampling_locations, p, &params->loc_strides);
   params->attn = BasePointer(*call.attention_weights);
-  CopyStrides(*call.attention_weights, &params->attn_strides);
+  CopyStrides(*call.attention_weights, p, &params->attn_strides);
 }
 
 }  // namespace
@@ -340,7 +435,7 @@ void BindInputs(const CallTensors& call, Params* params) {
 msdaStatus ValidateForward(const CallTensors& call, Problem* problem, Params* params) {
   MSDA_RETURN_IF_ERROR(ValidateCommon(call, {{"output", call.output, Role::kOutput}}, problem));
   *params = Params();
-  BindInputs(call, params);
+  BindInputs(call, *problem, params);
   params->out = BasePointer(*call.output);
   CopyStrides(*call.output, &params->out_strides);
   return MSDA_SUCCESS;
@@ -359,7 +454,7 @@ msdaStatus ValidateBackward(const CallTensors& call, Problem* problem, Params* p
                       {"grad_attention_weights", call.grad_attention_weights, Role::kOutput}},
                      problem));
   *params = Params();
-  BindInputs(call, params);
+  BindInputs(call, *problem, params);
   params->grad_out = BasePointer(*call.grad_output);
   CopyStrides(*call.grad_output, &params->grad_out_strides);
   grads->value = call.grad_value != nullptr;
@@ -371,11 +466,11 @@ msdaStatus ValidateBackward(const CallTensors& call, Problem* problem, Params* p
   }
   if (grads->locations) {
     params->grad_loc = BasePointer(*call.grad_sampling_locations);
-    CopyStrides(*call.grad_sampling_locations, &params->grad_loc_strides);
+    CopyStrides(*call.grad_sampling_locations, *problem, &params->grad_loc_strides);
   }
   if (grads->weights) {
     params->grad_attn = BasePointer(*call.grad_attention_weights);
-    CopyStrides(*call.grad_attention_weights, &params->grad_attn_strides);
+    CopyStrides(*call.grad_attention_weights, *problem, &params->grad_attn_strides);
   }
   return MSDA_SUCCESS;
 }

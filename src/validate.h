@@ -24,6 +24,7 @@ struct CallTensors {
   const msdaTensor* grad_value = nullptr;
   const msdaTensor* grad_sampling_locations = nullptr;
   const msdaTensor* grad_attention_weights = nullptr;
+  const msdaOptions* options = nullptr;  // Null: the defaults.
 };
 
 msdaStatus ValidateForward(const CallTensors& call, Problem* problem, Params* params);

@@ -142,6 +142,48 @@ MSDA_API msdaStatus msdaBackwardGetWorkspaceSize(
 MSDA_API msdaStatus msdaBackward(void* workspace, uint64_t workspaceSize, msdaExecutor* executor,
                                  msdaStream stream);
 
+/* Operator variants, through one extension point: the ...Ex calls take an options struct
+ * (NULL: the defaults, i.e. the calls above). Initialise it with msdaOptionsInit, then set
+ * the fields you need; structSize lets later versions add fields without breaking callers.
+ *
+ *   samplingMethod  MSDA_SAMPLING_BILINEAR (default): bilinear with zero padding, as above.
+ *                   MSDA_SAMPLING_DISCRETE: RT-DETRv2's "discrete" method; each point reads
+ *                   one pixel, x index clamp(trunc(x * W_l + 0.5), 0, W_l - 1) (y alike), no
+ *                   padding; the backward's location gradient is zero.
+ *   numPointsList   NULL (default): every level has P points, sampling_locations
+ *                   [B, Q, H, L, P, 2], attention_weights [B, Q, H, L, P].
+ *                   Else numLevels counts P_l >= 1 (numLevels = L, the rows of spatial_shapes):
+ *                   sampling_locations [B, Q, H, N, 2] and attention_weights [B, Q, H, N],
+ *                   N = sum of P_l, level l's points after those of the levels before it (as
+ *                   RT-DETRv2's num_points_list). The counts are read at planning time. */
+typedef enum msdaSamplingMethod {
+  MSDA_SAMPLING_BILINEAR = 0,
+  MSDA_SAMPLING_DISCRETE = 1,
+} msdaSamplingMethod;
+
+typedef struct msdaOptions {
+  uint64_t structSize; /* sizeof(msdaOptions), set by msdaOptionsInit. */
+  msdaSamplingMethod samplingMethod;
+  const int64_t* numPointsList;
+  uint64_t numLevels; /* Entries of numPointsList. */
+} msdaOptions;
+
+/* Fills *options with the defaults (and structSize). NULL is refused. */
+MSDA_API msdaStatus msdaOptionsInit(msdaOptions* options);
+
+/* msdaForwardGetWorkspaceSize / msdaBackwardGetWorkspaceSize with options (may be NULL); the
+ * executors they return run with msdaForward / msdaBackward. */
+MSDA_API msdaStatus msdaForwardGetWorkspaceSizeEx(
+    const msdaTensor* value, const msdaTensor* spatialShapes, const msdaTensor* levelStartIndex,
+    const msdaTensor* samplingLocations, const msdaTensor* attentionWeights, msdaTensor* output,
+    const msdaOptions* options, uint64_t* workspaceSize, msdaExecutor** executor);
+MSDA_API msdaStatus msdaBackwardGetWorkspaceSizeEx(
+    const msdaTensor* value, const msdaTensor* spatialShapes, const msdaTensor* levelStartIndex,
+    const msdaTensor* samplingLocations, const msdaTensor* attentionWeights,
+    const msdaTensor* gradOutput, msdaTensor* gradValue, msdaTensor* gradSamplingLocations,
+    msdaTensor* gradAttentionWeights, const msdaOptions* options, uint64_t* workspaceSize,
+    msdaExecutor** executor);
+
 /* Makes an executor repeatable: run calls no longer release it, so it may be run again (on
  * the same tensors' memory, whose contents may change between runs, except spatial_shapes
  * and level_start_index, which were read at planning time). Free it with msdaDestroyExecutor. */

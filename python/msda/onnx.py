@@ -326,11 +326,27 @@ def translation_table(form: str = "standard", opset: int = DEFAULT_OPSET) -> Dic
     graph = _GRAPHS[form]
 
     def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
-                       attention_weights):
+                       attention_weights, num_points_list=None, method="default"):
+        _check_default_variant(num_points_list, method)
         return graph(_OnnxscriptBuilder(opset), value, spatial_shapes, level_start_index,
                      sampling_locations, attention_weights)
 
     return {torch.ops.msda.ms_deform_attn.default: ms_deform_attn}
+
+
+def _is_none_value(v) -> bool:
+    node = getattr(v, "node", None)
+    return node is not None and node().mustBeNone()
+
+
+def _check_default_variant(num_points_list, method) -> None:
+    """The exported graphs are those of the original op; the variants (per-level point counts,
+    discrete sampling) are not exported yet."""
+    if num_points_list is not None or method not in ("default", None):
+        raise NotImplementedError(
+            "msda.onnx: ONNX export of the num_points_list / method='discrete' variants is not "
+            "supported; export models that use the original op (equal point counts, bilinear)"
+        )
 
 
 def register_torchscript_symbolic(form: str = "standard", opset: int = DEFAULT_OPSET) -> None:
@@ -341,7 +357,13 @@ def register_torchscript_symbolic(form: str = "standard", opset: int = DEFAULT_O
     graph = _GRAPHS[form]
 
     def symbolic(g, value, spatial_shapes, level_start_index, sampling_locations,
-                 attention_weights):
+                 attention_weights, num_points_list=None, method=None):
+        if num_points_list is not None and not _is_none_value(num_points_list):
+            _check_default_variant([0], "default")
+        if method is not None and not _is_none_value(method):
+            from torch.onnx import symbolic_helper
+
+            _check_default_variant(None, symbolic_helper._maybe_get_const(method, "s"))
         return graph(_TorchScriptBuilder(g, opset), value, spatial_shapes, level_start_index,
                      sampling_locations, attention_weights)
 

@@ -9,13 +9,13 @@ cast to the autocast dtype and sampling_locations to float32 (the kernel samples
 coordinates and accumulates in fp32), so the output has the autocast dtype. float64 inputs
 are left as they are, as autocast does for built-in ops.
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import _C, _common
-from ._common import ARGUMENT_NAMES, level_start_index, output_shape
+from ._common import ARGUMENT_NAMES, check_counts_per_level, check_variant, level_start_index, output_shape
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_backward", "level_start_index"]
 
@@ -42,13 +42,16 @@ def _check_same_device(names, tensors) -> None:
             )
 
 
-def _run_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def _run_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                 num_points_list, method):
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     for name, t in zip(ARGUMENT_NAMES, tensors):
         _check_cpu(name, t)
-    out = torch.empty(output_shape(value, sampling_locations), dtype=value.dtype)
+    counts, discrete = check_variant(num_points_list, method)
+    check_counts_per_level(counts, spatial_shapes)
+    out = torch.empty(output_shape(value, sampling_locations, counts), dtype=value.dtype)
     # detach(): DLPack refuses tensors that require grad; no copy is made.
-    _C.forward(*(t.detach() for t in tensors), out, torch.get_num_threads())
+    _C.forward(*(t.detach() for t in tensors), out, torch.get_num_threads(), counts, discrete)
     return out
 
 
@@ -59,19 +62,24 @@ def _ms_deform_attn_op(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    num_points_list: Optional[List[int]] = None,
+    method: str = "default",
 ) -> Tensor:
     return _run_forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        num_points_list, method
     )
 
 
 @_ms_deform_attn_op.register_fake
-def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+      num_points_list=None, method="default"):
     _check_same_device(
         ARGUMENT_NAMES,
         (value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
     )
-    return value.new_empty(output_shape(value, sampling_locations))
+    counts, _ = check_variant(num_points_list, method)
+    return value.new_empty(output_shape(value, sampling_locations, counts))
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -97,11 +105,15 @@ def _ms_deform_attn_backward_op(
     need_value: bool,
     need_locations: bool,
     need_weights: bool,
+    num_points_list: Optional[List[int]] = None,
+    method: str = "default",
 ) -> Tuple[Tensor, Tensor, Tensor]:
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     for name, t in zip(ARGUMENT_NAMES + ("grad_output",), tensors + (grad_output,)):
         _check_cpu(name, t)
-    output_shape(value, sampling_locations)
+    counts, discrete = check_variant(num_points_list, method)
+    check_counts_per_level(counts, spatial_shapes)
+    output_shape(value, sampling_locations, counts)
     grad_value, grad_locations, grad_weights = _gradient_buffers(
         value, sampling_locations, attention_weights, (need_value, need_locations, need_weights)
     )
@@ -113,6 +125,8 @@ def _ms_deform_attn_backward_op(
             grad_locations if need_locations else None,
             grad_weights if need_weights else None,
             torch.get_num_threads(),
+            counts,
+            discrete,
         )
     return grad_value, grad_locations, grad_weights
 
@@ -128,13 +142,16 @@ def _(
     need_value,
     need_locations,
     need_weights,
+    num_points_list=None,
+    method="default",
 ):
     _check_same_device(
         ARGUMENT_NAMES + ("grad_output",),
         (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
          grad_output),
     )
-    output_shape(value, sampling_locations)
+    counts, _ = check_variant(num_points_list, method)
+    output_shape(value, sampling_locations, counts)
     return _gradient_buffers(
         value, sampling_locations, attention_weights, (need_value, need_locations, need_weights)
     )
@@ -143,21 +160,23 @@ def _(
 # CUDA tensors (NVIDIA, and AMD through ROCm's "cuda" device) run on the Triton kernels of
 # msda.triton, imported on the first such call: the CPU package never imports triton.
 @_ms_deform_attn_op.register_kernel("cuda")
-def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+      num_points_list=None, method="default"):
     from .triton import _gpu
 
     return _gpu.forward(value, spatial_shapes, level_start_index, sampling_locations,
-                        attention_weights)
+                        attention_weights, num_points_list, method)
 
 
 @_ms_deform_attn_backward_op.register_kernel("cuda")
 def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-      attention_weights, need_value, need_locations, need_weights):
+      attention_weights, need_value, need_locations, need_weights, num_points_list=None,
+      method="default"):
     from .triton import _gpu
 
     return _gpu.backward(grad_output, value, spatial_shapes, level_start_index,
                          sampling_locations, attention_weights, need_value, need_locations,
-                         need_weights)
+                         need_weights, num_points_list, method)
 
 
 def _decompose_on_gpu(launcher_name):
@@ -196,16 +215,18 @@ _register_decompositions()
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:5])
+    ctx.num_points_list = inputs[5] if len(inputs) > 5 else None
+    ctx.method = inputs[6] if len(inputs) > 6 else "default"
 
 
 def _backward(ctx, grad_output):
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
         ctx.saved_tensors
     )
-    need_value, _, _, need_locations, need_weights = ctx.needs_input_grad
+    need_value, _, _, need_locations, need_weights = ctx.needs_input_grad[:5]
     if not (need_value or need_locations or need_weights):
-        return None, None, None, None, None
+        return None, None, None, None, None, None, None
     if grad_output.dtype != value.dtype:
         grad_output = grad_output.to(value.dtype)
     grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
@@ -218,6 +239,8 @@ def _backward(ctx, grad_output):
         need_value,
         need_locations,
         need_weights,
+        ctx.num_points_list,
+        ctx.method,
     )
     return (
         grad_value if need_value else None,
@@ -225,6 +248,8 @@ def _backward(ctx, grad_output):
         None,
         grad_locations if need_locations else None,
         grad_weights if need_weights else None,
+        None,
+        None,
     )
 
 
@@ -236,7 +261,8 @@ _autocast_lib = torch.library.Library("msda", "FRAGMENT")
 
 
 def _autocast_cpu(
-    _keyset, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    _keyset, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+    num_points_list=None, method="default"
 ):
     def eligible(t):
         return t.is_floating_point() and t.device.type == "cpu" and t.dtype != torch.float64
@@ -252,7 +278,8 @@ def _autocast_cpu(
         torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
     ):
         return torch.ops.msda.ms_deform_attn.default(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            num_points_list, method
         )
 
 
@@ -289,6 +316,9 @@ def ms_deform_attn(
     level_start_index: Optional[Tensor],
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    *,
+    num_points_list: Optional[Sequence[int]] = None,
+    method: str = "default",
 ) -> Tensor:
     """MultiScale Deformable Attention forward (differentiable): output [B, Q, H * D].
 
@@ -300,6 +330,11 @@ def ms_deform_attn(
         sampling_locations: [B, Q, H, L, P, 2] in [0, 1], last dim (x, y); value's dtype or
             float32.
         attention_weights: [B, Q, H, L, P] in value's dtype, used as given (no softmax).
+        num_points_list: None, or one point count per level (RT-DETRv2, D-FINE): then
+            sampling_locations is [B, Q, H, N, 2] and attention_weights [B, Q, H, N], N the
+            sum, level l's points after those of the levels before it.
+        method: "default" (bilinear) or "discrete" (RT-DETRv2's nearest pixel, clamped into
+            the map; no gradient for sampling_locations).
 
     Any strides are accepted. Sampling is bilinear with zero padding, align_corners=False
     (as ``F.grid_sample`` with ``grid = 2 * loc - 1``). Runs on torch.get_num_threads()
@@ -313,7 +348,10 @@ def ms_deform_attn(
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     for name, t in zip(ARGUMENT_NAMES, tensors):
         _check_tensor(name, t)
-    return _ms_deform_attn_op(*tensors)
+    counts, _ = check_variant(num_points_list, method)
+    if counts is None and method == "default":  # The original op's schema, as exported.
+        return _ms_deform_attn_op(*tensors)
+    return _ms_deform_attn_op(*tensors, counts, method)
 
 
 
@@ -328,6 +366,8 @@ def ms_deform_attn_backward(
     need_value: bool = True,
     need_locations: bool = True,
     need_weights: bool = True,
+    num_points_list: Optional[Sequence[int]] = None,
+    method: str = "default",
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """The backward called directly, with the arguments in the order of
     ``msda.numpy.ms_deform_attn_backward`` and the C API (the five inputs, then grad_output):
@@ -340,6 +380,7 @@ def ms_deform_attn_backward(
     ):
         _check_tensor(name, t)
     needs = (bool(need_value), bool(need_locations), bool(need_weights))
+    counts, _ = check_variant(num_points_list, method)
     grads = _ms_deform_attn_backward_op(
         grad_output,
         value,
@@ -348,5 +389,7 @@ def ms_deform_attn_backward(
         sampling_locations,
         attention_weights,
         *needs,
+        counts,
+        method,
     )
     return tuple(g if need else None for g, need in zip(grads, needs))

@@ -6,11 +6,14 @@
 // whose text is msdaGetLastErrorMessage() (it starts with the argument's name).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -172,9 +175,26 @@ void SetThreads(int num_threads) {
         s, "num_threads: must be >= 0 (0 = msda's default), got " + std::to_string(num_threads));
 }
 
+using PointCounts = std::optional<std::vector<int64_t>>;
+
+// The variant options of a call (msdaOptions); num_points_list must outlive the call.
+msdaOptions MakeOptions(const PointCounts& num_points_list, bool discrete) {
+  msdaOptions o;
+  msdaOptionsInit(&o);
+  o.samplingMethod = discrete ? MSDA_SAMPLING_DISCRETE : MSDA_SAMPLING_BILINEAR;
+  if (num_points_list.has_value()) {
+    // A non-NULL pointer even for an empty list, which the library then refuses.
+    static const int64_t kNone = 0;
+    o.numPointsList = num_points_list->empty() ? &kNone : num_points_list->data();
+    o.numLevels = num_points_list->size();
+  }
+  return o;
+}
+
 void Forward(const InArray& value, const InArray& spatial_shapes, const InArray& level_start_index,
              const InArray& sampling_locations, const InArray& attention_weights,
-             const OutArray& output, int num_threads) {
+             const OutArray& output, int num_threads, const PointCounts& num_points_list,
+             bool discrete) {
   const TensorPtr v = MakeTensor("value", value);
   const TensorPtr ss = MakeTensor("spatial_shapes", spatial_shapes);
   const TensorPtr lsi = MakeTensor("level_start_index", level_start_index);
@@ -182,11 +202,12 @@ void Forward(const InArray& value, const InArray& spatial_shapes, const InArray&
   const TensorPtr attn = MakeTensor("attention_weights", attention_weights);
   const TensorPtr out = MakeTensor("output", output);
   SetThreads(num_threads);
+  const msdaOptions options = MakeOptions(num_points_list, discrete);
 
   PlanAndRun(
       [&](uint64_t* bytes, msdaExecutor** executor) {
-        return msdaForwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
-                                           out.get(), bytes, executor);
+        return msdaForwardGetWorkspaceSizeEx(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
+                                             out.get(), &options, bytes, executor);
       },
       msdaForward);
 }
@@ -195,7 +216,7 @@ void Backward(const InArray& value, const InArray& spatial_shapes, const InArray
               const InArray& sampling_locations, const InArray& attention_weights,
               const InArray& grad_output, const OutArray& grad_value,
               const OutArray& grad_sampling_locations, const OutArray& grad_attention_weights,
-              int num_threads) {
+              int num_threads, const PointCounts& num_points_list, bool discrete) {
   const TensorPtr v = MakeTensor("value", value);
   const TensorPtr ss = MakeTensor("spatial_shapes", spatial_shapes);
   const TensorPtr lsi = MakeTensor("level_start_index", level_start_index);
@@ -211,11 +232,13 @@ void Backward(const InArray& value, const InArray& spatial_shapes, const InArray
                            ? MakeTensor("grad_attention_weights", grad_attention_weights)
                            : nullptr;
   SetThreads(num_threads);
+  const msdaOptions options = MakeOptions(num_points_list, discrete);
 
   PlanAndRun(
       [&](uint64_t* bytes, msdaExecutor** executor) {
-        return msdaBackwardGetWorkspaceSize(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
-                                            g.get(), gv.get(), gl.get(), ga.get(), bytes, executor);
+        return msdaBackwardGetWorkspaceSizeEx(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
+                                              g.get(), gv.get(), gl.get(), ga.get(), &options,
+                                              bytes, executor);
       },
       msdaBackward);
 }
@@ -228,14 +251,17 @@ NB_MODULE(_C, m) {
   m.def("forward", &Forward, "value"_a.noconvert(), "spatial_shapes"_a.noconvert(),
         "level_start_index"_a.noconvert(), "sampling_locations"_a.noconvert(),
         "attention_weights"_a.noconvert(), "output"_a.noconvert(), "num_threads"_a = 0,
+        "num_points_list"_a = nb::none(), "discrete"_a = false,
         "Writes the forward result into `output` ([B, Q, H*D], value's dtype). num_threads = 0 "
-        "uses msda's default (MSDA_NUM_THREADS, else every hardware thread).");
+        "uses msda's default (MSDA_NUM_THREADS, else every hardware thread). num_points_list "
+        "(per-level point counts, flat point layout) and discrete are the msdaOptions.");
 
   m.def("backward", &Backward, "value"_a.noconvert(), "spatial_shapes"_a.noconvert(),
         "level_start_index"_a.noconvert(), "sampling_locations"_a.noconvert(),
         "attention_weights"_a.noconvert(), "grad_output"_a.noconvert(),
         "grad_value"_a.noconvert().none(), "grad_sampling_locations"_a.noconvert().none(),
         "grad_attention_weights"_a.noconvert().none(), "num_threads"_a = 0,
+        "num_points_list"_a = nb::none(), "discrete"_a = false,
         "Writes the requested gradients (None skips one) in place; they are overwritten, not "
         "accumulated.");
 

@@ -140,7 +140,7 @@ struct CountingSort {
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t h = 0; h < p().heads; ++h) {
         for (int64_t l = 0; l < p().num_levels(); ++l) {
-          for (int64_t pt = 0; pt < p().points; ++pt) {
+          for (int64_t pt = 0; pt < p().LevelPoints(l); ++pt) {
             const PointGeometry<Acc> g = k.Point(b, q, h, l, pt);
             if (!g.inside) continue;
             CountPair(g.row[0], g.row[1], counts);

@@ -74,17 +74,19 @@ struct BackwardPoints : KernelContext {
       std::is_same<Loc, float>::value && std::is_same<Acc, float>::value;
 
   const BackwardPlan& bp() const { return plan.backward; }
-  int64_t NumPoints() const { return p.num_levels() * p.points; }
+  int64_t NumPoints() const { return p.TotalPoints(); }
   HeadRows<T> RowsOf(int64_t b, int64_t h) const {
     return HeadRows<T>{value_rows.Of(b, h), value_rows.KeyStride(), value_rows.DimStride()};
   }
   const Loc* LocAt(int64_t b, int64_t q, int64_t h, int64_t l) const {
     const LocationStrides& s = prm.loc_strides;
-    return static_cast<const Loc*>(prm.loc) + b * s.batch + q * s.query + h * s.head + l * s.level;
+    return static_cast<const Loc*>(prm.loc) + b * s.batch + q * s.query + h * s.head + l * s.level +
+           p.TensorPoint(l) * s.point;
   }
   const T* AttnAt(int64_t b, int64_t q, int64_t h, int64_t l) const {
     const WeightStrides& s = prm.attn_strides;
-    return static_cast<const T*>(prm.attn) + b * s.batch + q * s.query + h * s.head + l * s.level;
+    return static_cast<const T*>(prm.attn) + b * s.batch + q * s.query + h * s.head + l * s.level +
+           p.TensorPoint(l) * s.point;
   }
   const T* GradOutAt(int64_t b, int64_t q, int64_t h) const {
     const RowStrides& s = prm.grad_out_strides;
@@ -92,7 +94,7 @@ struct BackwardPoints : KernelContext {
   }
   PointGeometry<Acc> Point(int64_t b, int64_t q, int64_t h, int64_t l, int64_t pt) const {
     const Loc* xy = LocAt(b, q, h, l) + pt * prm.loc_strides.point;
-    return Locate<Acc>(p.levels[l], Load<Acc>(xy), Load<Acc>(xy + prm.loc_strides.xy));
+    return Locate<Acc>(p.levels[l], p.sampling, Load<Acc>(xy), Load<Acc>(xy + prm.loc_strides.xy));
   }
 
   Corners SimdCorners(int64_t b, int64_t q, int64_t h, int thread_index, bool fractions) const {
@@ -133,7 +135,7 @@ struct BackwardPoints : KernelContext {
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const Level& level = p.levels[l];
       const T* attn = AttnAt(b, q, h, l);
-      for (int64_t pt = 0; pt < p.points; ++pt) {
+      for (int64_t pt = 0; pt < p.LevelPoints(l); ++pt) {
         const PointGeometry<Acc> g = Point(b, q, h, l, pt);
         Acc grad_x = 0, grad_y = 0, grad_a = 0;
         if (g.inside) {
@@ -150,10 +152,12 @@ struct BackwardPoints : KernelContext {
           const Acc hh = Acc(1) - g.lh, hw = Acc(1) - g.lw;
           grad_a = g.weight[0] * dot[0] + g.weight[1] * dot[1] + g.weight[2] * dot[2] +
                    g.weight[3] * dot[3];
-          grad_x = static_cast<Acc>(level.width) * a *
-                   (hh * (dot[1] - dot[0]) + g.lh * (dot[3] - dot[2]));
-          grad_y = static_cast<Acc>(level.height) * a *
-                   (hw * (dot[2] - dot[0]) + g.lw * (dot[3] - dot[1]));
+          if (p.sampling == Sampling::kBilinear) {  // Discrete: no location gradient.
+            grad_x = static_cast<Acc>(level.width) * a *
+                     (hh * (dot[1] - dot[0]) + g.lh * (dot[3] - dot[2]));
+            grad_y = static_cast<Acc>(level.height) * a *
+                     (hw * (dot[2] - dot[0]) + g.lw * (dot[3] - dot[1]));
+          }
         }
         StorePointGradients(b, q, h, l, pt, grad_x, grad_y, grad_a);
       }
@@ -186,10 +190,10 @@ struct BackwardPoints : KernelContext {
 
     // 1. Attention weights and the corner coefficients (bilinear weight * attention weight),
     // lanes over points.
-    for (int64_t l = 0; l < p.num_levels(); ++l) {
+    for (int64_t l = 0, i = 0; l < p.num_levels(); ++l) {
       const T* a = AttnAt(b, q, h, l);
-      for (int64_t pt = 0; pt < p.points; ++pt) {
-        attn[l * p.points + pt] = Load<float>(a + pt * prm.attn_strides.point);
+      for (int64_t pt = 0; pt < p.LevelPoints(l); ++pt, ++i) {
+        attn[i] = Load<float>(a + pt * prm.attn_strides.point);
       }
     }
     for (int64_t i = 0; i < num_points; i += n) {  // Rows are padded to whole vectors.
@@ -236,6 +240,9 @@ struct BackwardPoints : KernelContext {
     // 3. Point gradients, lanes over points. Points outside the gate (all four rows -1) get
     // zero gradients, whatever their attention weight.
     const auto one = hn::Set(d, 1.0f);
+    // Discrete sampling has no location gradient.
+    const auto loc_grad = hn::Set(d, p.sampling == Sampling::kBilinear ? 1.0f : 0.0f);
+    const auto has_loc_grad = hn::Gt(loc_grad, hn::Zero(d));
     for (int64_t i = 0; i < num_points; i += n) {
       const auto all_rows = hn::And(
           hn::And(hn::LoadU(di, k.rows + i), hn::LoadU(di, k.rows + stride + i)),
@@ -257,8 +264,9 @@ struct BackwardPoints : KernelContext {
       const auto gy = hn::Mul(hn::Mul(hn::LoadU(d, levels->height.data() + i), a),
                               hn::Add(hn::Mul(hw, hn::Sub(d2, d0)), hn::Mul(lw, hn::Sub(d3, d1))));
       hn::StoreU(hn::IfThenElseZero(inside, ga), d, grad_a + i);
-      hn::StoreU(hn::IfThenElseZero(inside, gx), d, grad_x + i);
-      hn::StoreU(hn::IfThenElseZero(inside, gy), d, grad_y + i);
+      const auto loc_inside = hn::And(inside, has_loc_grad);
+      hn::StoreU(hn::IfThenElseZero(loc_inside, gx), d, grad_x + i);
+      hn::StoreU(hn::IfThenElseZero(loc_inside, gy), d, grad_y + i);
     }
     WritePointGradients(b, q, h, grad_x, grad_y, grad_a);
 
@@ -306,8 +314,10 @@ struct BackwardPoints : KernelContext {
         }
       }
     }
-    for (int64_t i = done; i < num_points; ++i) {
-      StorePointGradients(b, q, h, i / p.points, i % p.points, grad_x[i], grad_y[i], grad_a[i]);
+    for (int64_t l = 0, i = 0; l < p.num_levels(); ++l) {
+      for (int64_t pt = 0; pt < p.LevelPoints(l); ++pt, ++i) {
+        if (i >= done) StorePointGradients(b, q, h, l, pt, grad_x[i], grad_y[i], grad_a[i]);
+      }
     }
   }
 
@@ -316,13 +326,13 @@ struct BackwardPoints : KernelContext {
     if (prm.grad_attn != nullptr) {
       const WeightStrides& s = prm.grad_attn_strides;
       Store<Acc>(static_cast<T*>(prm.grad_attn) + b * s.batch + q * s.query + h * s.head +
-                     l * s.level + pt * s.point,
+                     l * s.level + (p.TensorPoint(l) + pt) * s.point,
                  grad_a);
     }
     if (prm.grad_loc != nullptr) {
       const LocationStrides& s = prm.grad_loc_strides;
       Loc* gl = static_cast<Loc*>(prm.grad_loc) + b * s.batch + q * s.query + h * s.head +
-                l * s.level + pt * s.point;
+                l * s.level + (p.TensorPoint(l) + pt) * s.point;
       Store<Acc>(gl, grad_x);
       Store<Acc>(gl + s.xy, grad_y);
     }

@@ -116,7 +116,7 @@ struct ForwardKernel : KernelContext {
   // slices of the query kQueriesAhead ahead.
   static constexpr int64_t kQueriesAhead = 6;
   void PrefetchQuery(int64_t batch, int64_t q, int64_t head) const {
-    const int64_t points = p.num_levels() * p.points;
+    const int64_t points = p.TotalPoints();
     PrefetchSpan(static_cast<const Loc*>(prm.loc) + batch * prm.loc_strides.batch +
                      q * prm.loc_strides.query + head * prm.loc_strides.head,
                  2 * points * int64_t{sizeof(Loc)});
@@ -137,14 +137,14 @@ struct ForwardKernel : KernelContext {
                        q * prm.loc_strides.query + head * prm.loc_strides.head;
     const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
                     q * prm.attn_strides.query + head * prm.attn_strides.head;
-    const int64_t stride = (p.num_levels() * p.points + 63) / 64 * 64;
+    const int64_t stride = (p.TotalPoints() + 63) / 64 * 64;
     int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
     float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
     PointCorners(p, *levels, loc, rows, by_corner, stride, nullptr, nullptr);
     // Fold the attention weights into the corner weights.
     const hn::ScalableTag<float> d;
     const int64_t n = static_cast<int64_t>(hn::Lanes(d));
-    const int64_t points = p.num_levels() * p.points;
+    const int64_t points = p.TotalPoints();
     int64_t i = 0;
     for (; i + n <= points; i += n) {
       const auto a = LoadRow(d, attn + i);
@@ -210,12 +210,13 @@ struct ForwardKernel : KernelContext {
     int64_t count = 0;
     for (int64_t l = 0; l < p.num_levels(); ++l) {
       const Level& level = p.levels[l];
-      const Loc* loc_lp = loc + l * prm.loc_strides.level;
-      const T* attn_lp = attn + l * prm.attn_strides.level;
-      for (int64_t pt = 0; pt < p.points; ++pt) {
+      const int64_t first = p.TensorPoint(l);
+      const Loc* loc_lp = loc + l * prm.loc_strides.level + first * prm.loc_strides.point;
+      const T* attn_lp = attn + l * prm.attn_strides.level + first * prm.attn_strides.point;
+      for (int64_t pt = 0; pt < p.LevelPoints(l); ++pt) {
         const Acc x = Load<Acc>(loc_lp + pt * prm.loc_strides.point);
         const Acc y = Load<Acc>(loc_lp + pt * prm.loc_strides.point + prm.loc_strides.xy);
-        const PointGeometry<Acc> g = Locate<Acc>(level, x, y);
+        const PointGeometry<Acc> g = Locate<Acc>(level, p.sampling, x, y);
         if (!g.inside) continue;
         const Acc a = Load<Acc>(attn_lp + pt * prm.attn_strides.point);
         for (int c = 0; c < 4; ++c) {

@@ -36,7 +36,7 @@ HWY_INLINE void PointCorners(const Problem& p, const PointLevels& lv, const floa
   const hn::ScalableTag<float> d;
   const hn::RebindToSigned<decltype(d)> di;
   const int64_t n = static_cast<int64_t>(hn::Lanes(d));
-  const int64_t count = p.num_levels() * p.points;
+  const int64_t count = p.TotalPoints();
   const auto half = hn::Set(d, 0.5f), one = hn::Set(d, 1.0f), minus_one = hn::Set(d, -1.0f);
   const auto one_i = hn::Set(di, 1), minus_one_i = hn::Set(di, -1);
   // One vector of points from xy (interleaved x, y), written at point i. Lanes off `valid`
@@ -85,8 +85,43 @@ HWY_INLINE void PointCorners(const Problem& p, const PointLevels& lv, const floa
       hn::StoreU(lw, d, lw_out + i);
     }
   };
+  // Discrete sampling (LocateNearest): corner 0 is the nearest pixel, weight 1; the others
+  // are off the map.
+  const auto zero = hn::Zero(d);
+  auto nearest = [&](const float* HWY_RESTRICT xy, int64_t i, hn::Mask<decltype(d)> valid) {
+    hn::Vec<decltype(d)> x, y;
+    hn::LoadInterleaved2(d, xy, x, y);
+    const auto width = hn::LoadU(d, lv.width.data() + i);
+    const auto height = hn::LoadU(d, lv.height.data() + i);
+    auto index = [&](hn::Vec<decltype(d)> c, hn::Vec<decltype(d)> size) {
+      c = hn::Add(hn::Mul(c, size), half);
+      c = hn::IfThenElseZero(hn::Gt(c, zero), c);                // NaN and c <= 0: 0.
+      return hn::ConvertTo(di, hn::Min(c, hn::Sub(size, one)));  // Truncates.
+    };
+    const auto row = hn::Add(
+        hn::LoadU(di, lv.start_i.data() + i),
+        hn::Add(hn::Mul(index(y, height), hn::LoadU(di, lv.width_i.data() + i)), index(x, width)));
+    hn::StoreU(hn::IfThenElse(hn::RebindMask(di, valid), row, minus_one_i), di, rows + i);
+    for (int c = 1; c < 4; ++c) {
+      hn::StoreU(minus_one_i, di, rows + c * stride + i);
+      hn::StoreU(zero, d, weights + c * stride + i);
+    }
+    hn::StoreU(hn::IfThenElseZero(valid, one), d, weights + i);
+    if (lh_out != nullptr) {
+      hn::StoreU(zero, d, lh_out + i);
+      hn::StoreU(zero, d, lw_out + i);
+    }
+  };
+  const bool discrete = p.sampling == Sampling::kDiscrete;
+  auto run = [&](const float* HWY_RESTRICT xy, int64_t i, hn::Mask<decltype(d)> valid) {
+    if (discrete) {
+      nearest(xy, i, valid);
+    } else {
+      corners(xy, i, valid);
+    }
+  };
   int64_t i = 0;
-  for (; i + n <= count; i += n) corners(loc + 2 * i, i, hn::FirstN(d, static_cast<size_t>(n)));
+  for (; i + n <= count; i += n) run(loc + 2 * i, i, hn::FirstN(d, static_cast<size_t>(n)));
   if (i < count) {
     // The last partial vector (all of them when L * P is below the vector length, as for
     // L = 4, P = 2 or 3 on AVX-512) from a zero-padded copy, since loc may end right after
@@ -94,7 +129,7 @@ HWY_INLINE void PointCorners(const Problem& p, const PointLevels& lv, const floa
     // padded to whole vectors.
     HWY_ALIGN float tail[2 * hn::MaxLanes(d)] = {};
     std::copy(loc + 2 * i, loc + 2 * count, tail);
-    corners(tail, i, hn::FirstN(d, static_cast<size_t>(count - i)));
+    run(tail, i, hn::FirstN(d, static_cast<size_t>(count - i)));
   }
 }
 

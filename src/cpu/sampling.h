@@ -3,6 +3,7 @@
 #ifndef MSDA_SRC_CPU_SAMPLING_H_
 #define MSDA_SRC_CPU_SAMPLING_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -23,8 +24,32 @@ struct PointGeometry {
   Acc weight[4] = {0, 0, 0, 0};       // Bilinear corner weights.
 };
 
+// Discrete sampling's pixel index along a dim of `size` pixels: clamp(trunc(coord * size +
+// 0.5), 0, size - 1) with each operation rounded in Acc; NaN gives 0, and values past the
+// ends (infinities included) the nearest end.
 template <typename Acc>
-inline PointGeometry<Acc> Locate(const Level& level, Acc x, Acc y) {
+inline int64_t NearestIndex(Acc coord, int64_t size) {
+  const Acc c = coord * static_cast<Acc>(size) + Acc(0.5);
+  if (!(c > Acc(0))) return 0;
+  if (c >= static_cast<Acc>(size - 1)) return size - 1;
+  return std::min<int64_t>(static_cast<int64_t>(c), size - 1);
+}
+
+// Discrete sampling: one corner, the nearest pixel (clamped into the map), weight 1; never
+// outside the gate, and no fractional parts (no location gradient).
+template <typename Acc>
+inline PointGeometry<Acc> LocateNearest(const Level& level, Acc x, Acc y) {
+  PointGeometry<Acc> g;
+  g.inside = true;
+  g.row[0] =
+      level.start + NearestIndex(y, level.height) * level.width + NearestIndex(x, level.width);
+  g.weight[0] = Acc(1);
+  return g;
+}
+
+template <typename Acc>
+inline PointGeometry<Acc> Locate(const Level& level, Sampling sampling, Acc x, Acc y) {
+  if (sampling == Sampling::kDiscrete) return LocateNearest<Acc>(level, x, y);
   PointGeometry<Acc> g;
   const Acc height = static_cast<Acc>(level.height);
   const Acc width = static_cast<Acc>(level.width);

@@ -428,11 +428,11 @@ ERRORS = [
     (ValueError, r"^num_points_list: must have one entry per level of spatial_shapes \(3\), "
      r"got 2 entries", [3, 9], "default", None),
     (ValueError, r"^num_points_list: entry 1 must be >= 1, got 0", [3, 0, 9], "default", None),
-    (ValueError, r"^num_points_list: entry 0 must be an int, got float", [3.0, 6, 3],
+    (TypeError, r"^num_points_list: entry 0 must be an int, got float", [3.0, 6, 3],
      "default", None),
-    (ValueError, r"^num_points_list: entry 2 must be an int, got bool", [3, 6, True],
+    (TypeError, r"^num_points_list: entry 2 must be an int, got bool", [3, 6, True],
      "discrete", None),
-    (ValueError, r"^num_points_list: must be None or a list of ints .* got str", "363",
+    (TypeError, r"^num_points_list: must be a list of ints .* got str", "363",
      "default", None),
     (ValueError, r"^sampling_locations: dim 3 \(points, the sum of num_points_list\) must be "
      r"12, got 11", [3, 6, 3], "default", lambda l, a: (l[:, :, :, :11], a)),

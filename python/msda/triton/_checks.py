@@ -68,27 +68,13 @@ METHODS = ("default", "discrete")
 
 
 def check_variant(num_points_list, method):
-    """Checks the variant arguments on their own; returns num_points_list as a tuple of ints
-    (or None) and method."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method: must be 'default' or 'discrete', got {method!r}")
-    if num_points_list is None:
-        return None, method
-    if hasattr(num_points_list, "tolist"):  # A tensor or an array of counts.
-        num_points_list = num_points_list.tolist()
-    if not isinstance(num_points_list, (list, tuple)):
-        raise ValueError("num_points_list: must be None or a list of ints (the points of each "
-                         f"level), got {type(num_points_list).__name__}")
-    counts = []
-    for i, p in enumerate(num_points_list):
-        if isinstance(p, bool) or not hasattr(p, "__index__"):
-            raise ValueError(f"num_points_list: entry {i} must be an int, got "
-                             f"{type(p).__name__}")
-        p = int(p)
-        if p < 1:
-            raise ValueError(f"num_points_list: entry {i} must be >= 1, got {p}")
-        counts.append(p)
-    return tuple(counts), method
+    """Checks the variant arguments on their own, with the CPU op's rules and messages
+    (msda._common.check_variant); returns num_points_list as a tuple of ints (or None) and
+    method."""
+    from .._common import check_variant as common
+
+    counts, _ = common(num_points_list, method)
+    return (None if counts is None else tuple(counts)), method
 
 
 def _points_rank(value, sampling_locations, counts):
