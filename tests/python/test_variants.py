@@ -8,72 +8,17 @@ import pytest
 import torch
 
 import msda
-import msda.ops
 import msda.numpy as mnp
-from _reference import UNIT_ROUNDOFF
+from _variants_cases import DTYPES, LEVELS3, METHODS, make
+from _variants_cases import assert_close as _assert_close
+from _variants_cases import ids as _ids
 from _variants_reference import reference_backward, reference_forward
 
-LEVELS3 = ((3, 5), (1, 4), (2, 1))  # 3x5, 1xW and Hx1 maps.
 LEVELS4 = ((6, 7), (1, 1), (1, 9), (4, 1))
-METHODS = ["default", "discrete"]
-DTYPES = [
-    (torch.float32, torch.float32),
-    (torch.float16, torch.float16),
-    (torch.float16, torch.float32),
-    (torch.bfloat16, torch.bfloat16),
-    (torch.bfloat16, torch.float32),
-    (torch.float64, torch.float64),
-]
 
 
-def _ids(x):
-    return str(x).replace("torch.", "")
-
-
-def _make(levels, counts=None, P=2, B=2, Q=5, H=2, D=6, dtype=torch.float64, loc_dtype=None,
-          seed=0, safe=False):
-    """(value, spatial_shapes, level_start_index, loc, attn), fp64 drawn then rounded to dtype.
-    Locations over [-0.2, 1.2] (every border and beyond), or (safe) 0.1 pixel or more away from
-    the pixel-centre lines, where bilinear sampling has its kinks (finite differences)."""
-    g = torch.Generator().manual_seed(seed)
-    L = len(levels)
-    K = sum(h * w for h, w in levels)
-    per_level = list(counts) if counts is not None else [P] * L
-    N = sum(per_level)
-    value = torch.randn(B, K, H, D, generator=g, dtype=torch.float64)
-    level_of = [l for l, p in enumerate(per_level) for _ in range(p)]
-    sizes = torch.tensor([[levels[l][1], levels[l][0]] for l in level_of], dtype=torch.float64)
-    if safe:
-        pix = torch.floor(torch.rand(B, Q, H, N, 2, generator=g, dtype=torch.float64) * sizes)
-        pix = pix + 0.1 + 0.8 * torch.rand(B, Q, H, N, 2, generator=g, dtype=torch.float64)
-        loc = (pix + 0.5) / sizes  # w_im = x * W - 0.5 = pix: fractions in [0.1, 0.9].
-    else:
-        loc = torch.rand(B, Q, H, N, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
-    attn = torch.rand(B, Q, H, N, generator=g, dtype=torch.float64)
-    if counts is None:
-        loc = loc.reshape(B, Q, H, L, P, 2)
-        attn = attn.reshape(B, Q, H, L, P)
-    ss = torch.tensor(levels, dtype=torch.int64)
-    lsi = msda.ops.level_start_index(ss)
-    return value.to(dtype), ss, lsi, loc.to(loc_dtype or dtype), attn.to(dtype)
-
-
-def _assert_close(actual, expected, terms):
-    """|actual - expected| <= 4 (u_store |expected| + (u_store + terms u_acc) scale), scale
-    max|expected|: one rounding on store in the result's dtype, and `terms` roundings of the
-    arithmetic type (fp32; fp64 for float64) on the result's scale."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    u_store = UNIT_ROUNDOFF[actual.dtype]
-    u_acc = UNIT_ROUNDOFF[torch.float64 if actual.dtype == torch.float64 else torch.float32]
-    a = actual.detach().double()
-    e = expected.double()
-    if e.numel() == 0:
-        return
-    scale = max(e.abs().max().item(), 1e-30)
-    bound = 4 * (u_store * e.abs() + (u_store + terms * u_acc) * scale)
-    err = (a - e).abs()
-    worst = (err / bound).max().item()
-    assert worst <= 1.0, f"max error {err.max().item():.3e} is {worst:.2f}x the bound"
+def _make(levels, counts=None, P=2, B=2, Q=5, H=2, D=6, **kwargs):
+    return make(levels, counts, P=P, B=B, Q=Q, H=H, D=D, **kwargs)
 
 
 def _check(v, ss, lsi, loc, attn, counts, method, seed=1):
