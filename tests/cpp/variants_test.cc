@@ -59,14 +59,16 @@ int64_t Nearest(double coord, int64_t size) {
 }
 
 struct Reference {
-  std::vector<double> out, out_mag;        // [B, Q, H*D]
-  std::vector<double> grad_value, gv_mag;  // [B, K, H, D]
-  std::vector<double> grad_loc, gl_mag;    // [B, Q, H, N, 2]
-  std::vector<double> grad_attn, ga_mag;   // [B, Q, H, N]
+  std::vector<double> out, out_mag, out_crd;       // [B, Q, H*D]
+  std::vector<double> grad_value, gv_mag, gv_crd;  // [B, K, H, D]
+  std::vector<double> grad_loc, gl_mag;            // [B, Q, H, N, 2]
+  std::vector<double> grad_attn, ga_mag, ga_crd;   // [B, Q, H, N]
 };
 
 // fp64 reference on contiguous fp64 copies of the inputs. *_mag: the sum of |terms| of each
-// element (times the level size for location gradients), for the rounding bound.
+// element (times the level size for location gradients), for the rounding bound; *_crd: the
+// same terms' sensitivity to the bilinear weights, which the kernels' rounded coordinates
+// move by up to about (2 (W + H) + 8) roundings (the reference computes them exactly).
 template <typename T>
 Reference Compute(const Shape& s, bool discrete, const std::vector<double>& value,
                   const std::vector<double>& loc, const std::vector<double>& attn,
@@ -75,13 +77,13 @@ Reference Compute(const Shape& s, bool discrete, const std::vector<double>& valu
   const std::vector<int64_t> starts = s.Starts();
   Reference r;
   r.out.assign(B * Q * H * D, 0);
-  r.out_mag = r.out;
+  r.out_mag = r.out_crd = r.out;
   r.grad_value.assign(B * K * H * D, 0);
-  r.gv_mag = r.grad_value;
+  r.gv_mag = r.gv_crd = r.grad_value;
   r.grad_loc.assign(B * Q * H * N * 2, 0);
   r.gl_mag = r.grad_loc;
   r.grad_attn.assign(B * Q * H * N, 0);
-  r.ga_mag = r.grad_attn;
+  r.ga_mag = r.ga_crd = r.grad_attn;
   auto v_at = [&](int64_t b, int64_t k, int64_t h, int64_t d) {
     return value[((b * K + k) * H + h) * D + d];
   };
@@ -118,14 +120,17 @@ Reference Compute(const Shape& s, bool discrete, const std::vector<double>& valu
             }
           }
           double gx = 0, gy = 0, ga = 0, mag = 0;
+          const double e_coord = discrete ? 0.0 : 2.0 * static_cast<double>(Wl + Hl) + 8.0;
           for (const C& c : corners) {
             double dot = 0, absdot = 0;
             for (int64_t d = 0; d < D; ++d) {
               const double v = v_at(b, c.key, h, d);
               r.out[bqh * D + d] += a * c.w * v;
               r.out_mag[bqh * D + d] += std::fabs(a * c.w * v);
+              r.out_crd[bqh * D + d] += 2.0 * std::fabs(a * v) * e_coord;
               r.grad_value[((b * K + c.key) * H + h) * D + d] += a * c.w * g[d];
               r.gv_mag[((b * K + c.key) * H + h) * D + d] += std::fabs(a * c.w * g[d]);
+              r.gv_crd[((b * K + c.key) * H + h) * D + d] += 2.0 * std::fabs(a * g[d]) * e_coord;
               dot += g[d] * v;
               absdot += std::fabs(g[d] * v);
             }
@@ -136,6 +141,7 @@ Reference Compute(const Shape& s, bool discrete, const std::vector<double>& valu
           }
           r.grad_attn[bqh * N + i] = ga;
           r.ga_mag[bqh * N + i] = mag;
+          r.ga_crd[bqh * N + i] = 2.0 * mag * e_coord;
           if (!discrete) {
             r.grad_loc[(bqh * N + i) * 2] = gx;
             r.grad_loc[(bqh * N + i) * 2 + 1] = gy;
@@ -328,12 +334,13 @@ double UnitRoundoff() {
   return std::ldexp(1.0, -std::numeric_limits<T>::digits);
 }
 
-// |got - want| <= c * u * (n * mag) + (u * |want|): n roundings of the terms' magnitude, and
-// the output's own rounding to T.
+// |got - want| <= 2 u (n mag + crd) + u |want|: n roundings of the terms' magnitude, the
+// coordinates' rounding, and the output's own rounding to T.
 template <typename T>
-void ExpectNear(const char* what, double got, double want, double mag, double n, size_t index) {
+void ExpectNear(const char* what, double got, double want, double mag, double n, size_t index,
+                double crd = 0) {
   const double u = UnitRoundoff<T>();
-  const double tol = 2.0 * u * n * mag + u * std::fabs(want) + 1e-300;
+  const double tol = 2.0 * u * (n * mag + crd) + u * std::fabs(want) + 1e-300;
   ASSERT_LE(std::fabs(got - want), tol)
       << what << "[" << index << "]: got " << got << ", want " << want << " (bound " << tol << ")";
 }
@@ -345,16 +352,16 @@ void CheckCall(Call<T>& c, bool discrete) {
   const double terms = 4.0 * s.N() + s.dims + 8.0;
   const std::vector<T> out = c.Forward(discrete, 2);
   for (size_t i = 0; i < out.size(); ++i) {
-    ExpectNear<T>("output", out[i], r.out[i], r.out_mag[i], terms, i);
+    ExpectNear<T>("output", out[i], r.out[i], r.out_mag[i], terms, i, r.out_crd[i]);
   }
   typename Call<T>::Grads g = c.Backward(discrete, 2);
   for (size_t i = 0; i < g.value.size(); ++i) {
     ExpectNear<T>("grad_value", g.value[i], r.grad_value[i], r.gv_mag[i],
-                  4.0 * s.queries * s.N() + 8.0, i);
+                  4.0 * s.queries * s.N() + 8.0, i, r.gv_crd[i]);
   }
   for (size_t i = 0; i < r.grad_attn.size(); ++i) {
     ExpectNear<T>("grad_attention_weights", g.attn[i * c.AttnStride()], r.grad_attn[i], r.ga_mag[i],
-                  terms, i);
+                  terms, i, r.ga_crd[i]);
     for (int xy = 0; xy < 2; ++xy) {
       const double got = g.loc[i * c.LocStride() + xy];
       if (discrete) {
