@@ -1,6 +1,7 @@
 #include "validate.h"
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -251,19 +252,20 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
                                                   " (set by msdaOptionsInit), got " +
                                                   std::to_string(options->structSize));
     }
-    if (options->samplingMethod != MSDA_SAMPLING_BILINEAR &&
-        options->samplingMethod != MSDA_SAMPLING_DISCRETE) {
+    // Read as an integer: a value outside the enum may not be loaded as one (UBSan's enum check).
+    int32_t method = 0;
+    std::memcpy(&method, &options->samplingMethod, sizeof method);
+    if (method != MSDA_SAMPLING_BILINEAR && method != MSDA_SAMPLING_DISCRETE) {
       return Refuse(MSDA_ERROR_INVALID_VALUE,
                     "options: samplingMethod must be MSDA_SAMPLING_BILINEAR (0) or "
                     "MSDA_SAMPLING_DISCRETE (1), got " +
-                        std::to_string(static_cast<int64_t>(options->samplingMethod)));
+                        std::to_string(method));
     }
     if (options->numPointsList == nullptr && options->numLevels != 0) {
       return Refuse(MSDA_ERROR_NULL_POINTER, "options: numPointsList is NULL but numLevels is " +
                                                  std::to_string(options->numLevels));
     }
-    p->sampling = options->samplingMethod == MSDA_SAMPLING_DISCRETE ? Sampling::kDiscrete
-                                                                    : Sampling::kBilinear;
+    p->sampling = method == MSDA_SAMPLING_DISCRETE ? Sampling::kDiscrete : Sampling::kBilinear;
   }
   const bool flat = options != nullptr && options->numPointsList != nullptr;
 
