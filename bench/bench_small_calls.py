@@ -141,6 +141,30 @@ def time_decoder(repeats, thread_counts):
     return {k: statistics.median(s) for k, s in samples.items()}, diff
 
 
+def python_loop_ms():
+    """A fixed pure-Python loop (1e6 additions), the fastest of 3: a reading of how fast this
+    machine runs Python at the time of the run, next to which the dispatch figures scale."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def table(header, rows, md):
     if md:
         lines = ["| " + " | ".join(header) + " |",
@@ -172,16 +196,19 @@ def main(argv=None):
     thread_counts = [int(t) for t in args.decoder_threads.split(",") if t]
 
     load_before = os.getloadavg()[0]
+    loop_ms = python_loop_ms()
     torch.set_num_threads(1)
     small = time_small(small_candidates(), args.repeats, args.number)
     decoder, diff = time_decoder(args.repeats, thread_counts)
     load_after = os.getloadavg()[0]
 
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"Machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, "
           f"numpy {np.__version__}, msda {msda.__version__}, Python "
           f"{platform.python_version()}, load average {load_before:.2f} before the run, "
-          f"{load_after:.2f} after; median of {args.repeats} interleaved samples "
-          f"({args.number} calls each for the small calls).")
+          f"{load_after:.2f} after; a pure-Python loop of 1e6 additions {loop_ms:.0f} ms; "
+          f"median of {args.repeats} interleaved samples ({args.number} calls each for the "
+          "small calls).")
     print()
     print(f"Small call: {describe(SMALL)}, float32, 1 thread (torch.set_num_threads(1), "
           "msda num_threads=1).")
