@@ -42,38 +42,100 @@ def _check_same_device(names, tensors) -> None:
             )
 
 
-def _run_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                 num_points_list, method):
-    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    for name, t in zip(ARGUMENT_NAMES, tensors):
-        _check_cpu(name, t)
+# The ops are defined on a torch.library.Library with Python kernels per dispatch key (CPU,
+# CUDA, Autograd, AutocastCPU) and a fake kernel, rather than with torch.library.custom_op:
+# custom_op's layers (its autograd wrapper, argument checks and pytree handling) cost about
+# 8x a plain Library kernel per call, which dominates a decoder layer's small calls
+# (bench/bench_small_calls.py measures both). The schemas are the ones custom_op inferred, so
+# exported programs and the ONNX exporter see the same ops.
+_lib = torch.library.Library("msda", "DEF")
+_lib.define(
+    "ms_deform_attn(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+    "Tensor sampling_locations, Tensor attention_weights, SymInt[]? num_points_list=None, "
+    'str method="default") -> Tensor',
+    tags=(torch.Tag.pt2_compliant_tag,),
+)
+_lib.define(
+    "ms_deform_attn_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
+    "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights, "
+    "bool need_value, bool need_locations, bool need_weights, SymInt[]? num_points_list=None, "
+    'str method="default") -> (Tensor, Tensor, Tensor)',
+    tags=(torch.Tag.pt2_compliant_tag,),
+)
+_forward_op = torch.ops.msda.ms_deform_attn.default
+_backward_op = torch.ops.msda.ms_deform_attn_backward.default
+
+# A DLPack capsule of a tensor without Tensor.__dlpack__'s Python-level checks (about 7x
+# slower per tensor, six tensors a call); the C side refuses what it cannot read, and a
+# failure is retried through _dlpack_named, which names the argument.
+_to_dlpack = getattr(torch._C, "_to_dlpack", None) or (lambda t: t.detach())
+
+
+def _dlpack_named(name: str, t: Tensor):
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: must be a strided (dense) tensor, got layout {t.layout}")
+    try:
+        return t.detach().__dlpack__()
+    except (BufferError, RuntimeError, TypeError) as e:
+        raise ValueError(f"{name}: cannot be passed to msda's C++ core: {e}") from None
+
+
+def _capsules(names, tensors):
+    try:
+        return [_to_dlpack(t) for t in tensors]
+    except Exception:  # Name the tensor that failed (or raise the failure as it was).
+        out = [_dlpack_named(n, t) for n, t in zip(names, tensors)]
+        return out
+
+
+def _check_cpu(names, tensors) -> None:
+    for name, t in zip(names, tensors):
+        if t.device.type != "cpu":
+            raise ValueError(
+                f"{name}: must be a CPU tensor on this path (a call runs on msda's C++ core when "
+                f"value is a CPU tensor, on its Triton kernels when it is a CUDA one), got device "
+                f"{t.device}"
+            )
+
+
+def _check_same_device(names, tensors) -> None:
+    """Every tensor on value's device. A meta tensor among CPU ones would otherwise send the
+    call to the fake implementation, which returns uninitialised memory."""
+    device = tensors[0].device
+    for name, t in zip(names, tensors):
+        # On a GPU the level table may stay on the host (the Triton path copies it over).
+        host_table = name in ("spatial_shapes", "level_start_index") and t.device.type == "cpu"
+        if t.device != device and not (device.type == "cuda" and host_table):
+            raise ValueError(
+                f"{name}: must be on the same device as value ({device}), got {t.device}"
+            )
+
+
+def _variant(num_points_list, method, spatial_shapes):
+    """(counts, discrete) of a call, checked; the original op's arguments are the quick case."""
+    if num_points_list is None and method == "default":
+        return None, False
     counts, discrete = check_variant(num_points_list, method)
     check_counts_per_level(counts, spatial_shapes)
+    return counts, discrete
+
+
+_BACKWARD_NAMES = ARGUMENT_NAMES + ("grad_output",)
+
+
+def _forward_cpu(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                 num_points_list=None, method="default"):
+    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _check_cpu(ARGUMENT_NAMES, tensors)
+    counts, discrete = _variant(num_points_list, method, spatial_shapes)
     out = torch.empty(output_shape(value, sampling_locations, counts), dtype=value.dtype)
-    # detach(): DLPack refuses tensors that require grad; no copy is made.
-    _C.forward(*(t.detach() for t in tensors), out, torch.get_num_threads(), counts, discrete)
+    _C.forward(*_capsules(ARGUMENT_NAMES + ("output",), tensors + (out,)),
+               torch.get_num_threads(), counts, discrete)
     return out
 
 
-@torch.library.custom_op("msda::ms_deform_attn", mutates_args=())
-def _ms_deform_attn_op(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    num_points_list: Optional[List[int]] = None,
-    method: str = "default",
-) -> Tensor:
-    return _run_forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        num_points_list, method
-    )
-
-
-@_ms_deform_attn_op.register_fake
-def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-      num_points_list=None, method="default"):
+def _forward_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                  num_points_list=None, method="default"):
     _check_same_device(
         ARGUMENT_NAMES,
         (value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
@@ -94,59 +156,33 @@ def _gradient_buffers(value, sampling_locations, attention_weights, needs):
     )
 
 
-@torch.library.custom_op("msda::ms_deform_attn_backward", mutates_args=())
-def _ms_deform_attn_backward_op(
-    grad_output: Tensor,
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    need_value: bool,
-    need_locations: bool,
-    need_weights: bool,
-    num_points_list: Optional[List[int]] = None,
-    method: str = "default",
-) -> Tuple[Tensor, Tensor, Tensor]:
-    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    for name, t in zip(ARGUMENT_NAMES + ("grad_output",), tensors + (grad_output,)):
-        _check_cpu(name, t)
-    counts, discrete = check_variant(num_points_list, method)
-    check_counts_per_level(counts, spatial_shapes)
+def _backward_cpu(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                  attention_weights, need_value, need_locations, need_weights,
+                  num_points_list=None, method="default"):
+    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+               grad_output)
+    _check_cpu(_BACKWARD_NAMES, tensors)
+    counts, discrete = _variant(num_points_list, method, spatial_shapes)
     output_shape(value, sampling_locations, counts)
-    grad_value, grad_locations, grad_weights = _gradient_buffers(
-        value, sampling_locations, attention_weights, (need_value, need_locations, need_weights)
-    )
+    needs = (need_value, need_locations, need_weights)
+    grads = _gradient_buffers(value, sampling_locations, attention_weights, needs)
     if need_value or need_locations or need_weights:
-        _C.backward(
-            *(t.detach() for t in tensors),
-            grad_output.detach(),
-            grad_value if need_value else None,
-            grad_locations if need_locations else None,
-            grad_weights if need_weights else None,
-            torch.get_num_threads(),
-            counts,
-            discrete,
-        )
-    return grad_value, grad_locations, grad_weights
+        names = _BACKWARD_NAMES + ("grad_value", "grad_sampling_locations",
+                                   "grad_attention_weights")
+        given = [g for g, need in zip(grads, needs) if need]
+        capsules = _capsules(names[:6] + tuple(n for n, need in zip(names[6:], needs) if need),
+                             tensors + tuple(given))
+        outs = iter(capsules[6:])
+        _C.backward(*capsules[:6], *(next(outs) if need else None for need in needs),
+                    torch.get_num_threads(), counts, discrete)
+    return grads
 
 
-@_ms_deform_attn_backward_op.register_fake
-def _(
-    grad_output,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    need_value,
-    need_locations,
-    need_weights,
-    num_points_list=None,
-    method="default",
-):
+def _backward_fake(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, need_value, need_locations, need_weights,
+                   num_points_list=None, method="default"):
     _check_same_device(
-        ARGUMENT_NAMES + ("grad_output",),
+        _BACKWARD_NAMES,
         (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
          grad_output),
     )
@@ -157,26 +193,34 @@ def _(
     )
 
 
+_lib.impl("ms_deform_attn", _forward_cpu, "CPU")
+_lib.impl("ms_deform_attn_backward", _backward_cpu, "CPU")
+torch.library.register_fake("msda::ms_deform_attn", _forward_fake, lib=_lib)
+torch.library.register_fake("msda::ms_deform_attn_backward", _backward_fake, lib=_lib)
+
+
 # CUDA tensors (NVIDIA, and AMD through ROCm's "cuda" device) run on the Triton kernels of
 # msda.triton, imported on the first such call: the CPU package never imports triton.
-@_ms_deform_attn_op.register_kernel("cuda")
-def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-      num_points_list=None, method="default"):
+def _forward_cuda(value, spatial_shapes, level_start_index, sampling_locations,
+                  attention_weights, num_points_list=None, method="default"):
     from .triton import _gpu
 
     return _gpu.forward(value, spatial_shapes, level_start_index, sampling_locations,
                         attention_weights, num_points_list, method)
 
 
-@_ms_deform_attn_backward_op.register_kernel("cuda")
-def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-      attention_weights, need_value, need_locations, need_weights, num_points_list=None,
-      method="default"):
+def _backward_cuda(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, need_value, need_locations, need_weights,
+                   num_points_list=None, method="default"):
     from .triton import _gpu
 
     return _gpu.backward(grad_output, value, spatial_shapes, level_start_index,
                          sampling_locations, attention_weights, need_value, need_locations,
                          need_weights, num_points_list, method)
+
+
+_lib.impl("ms_deform_attn", _forward_cuda, "CUDA")
+_lib.impl("ms_deform_attn_backward", _backward_cuda, "CUDA")
 
 
 def _decompose_on_gpu(launcher_name):
@@ -205,61 +249,85 @@ def _decompose_on_gpu(launcher_name):
 def _register_decompositions():
     from torch._subclasses.functional_tensor import FunctionalTensorMode
 
-    _ms_deform_attn_op.register_torch_dispatch(FunctionalTensorMode,
-                                               _decompose_on_gpu("forward"))
-    _ms_deform_attn_backward_op.register_torch_dispatch(FunctionalTensorMode,
-                                                        _decompose_on_gpu("backward"))
+    torch.library.register_torch_dispatch("msda::ms_deform_attn", FunctionalTensorMode,
+                                          _decompose_on_gpu("forward"), lib=_lib)
+    torch.library.register_torch_dispatch("msda::ms_deform_attn_backward", FunctionalTensorMode,
+                                          _decompose_on_gpu("backward"), lib=_lib)
 
 
 _register_decompositions()
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:5])
-    ctx.num_points_list = inputs[5] if len(inputs) > 5 else None
-    ctx.method = inputs[6] if len(inputs) > 6 else "default"
+# Autograd: the forward's Autograd kernel records an autograd.Function only when a gradient
+# can flow; otherwise it goes straight to the kernel below (one Python layer per call).
+_below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
-def _backward(ctx, grad_output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
-        ctx.saved_tensors
-    )
-    need_value, _, _, need_locations, need_weights = ctx.needs_input_grad[:5]
-    if not (need_value or need_locations or need_weights):
-        return None, None, None, None, None, None, None
-    if grad_output.dtype != value.dtype:
-        grad_output = grad_output.to(value.dtype)
-    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
-        grad_output,
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        need_value,
-        need_locations,
-        need_weights,
-        ctx.num_points_list,
-        ctx.method,
-    )
-    return (
-        grad_value if need_value else None,
-        None,
-        None,
-        grad_locations if need_locations else None,
-        grad_weights if need_weights else None,
-        None,
-        None,
-    )
+class _MsDeformAttnFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                num_points_list, method):
+        with _below_autograd():
+            return _forward_op(value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, num_points_list, method)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:5])
+        ctx.num_points_list = inputs[5]
+        ctx.method = inputs[6]
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+            ctx.saved_tensors
+        )
+        need_value, _, _, need_locations, need_weights = ctx.needs_input_grad[:5]
+        if not (need_value or need_locations or need_weights):
+            return None, None, None, None, None, None, None
+        if grad_output.dtype != value.dtype:
+            grad_output = grad_output.to(value.dtype)
+        grad_value, grad_locations, grad_weights = _backward_op(
+            grad_output,
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            need_value,
+            need_locations,
+            need_weights,
+            ctx.num_points_list,
+            ctx.method,
+        )
+        return (
+            grad_value if need_value else None,
+            None,
+            None,
+            grad_locations if need_locations else None,
+            grad_weights if need_weights else None,
+            None,
+            None,
+        )
 
 
-_ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
+def _forward_autograd(value, spatial_shapes, level_start_index, sampling_locations,
+                      attention_weights, num_points_list=None, method="default"):
+    if torch.is_grad_enabled() and (
+        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
+    ):
+        return _MsDeformAttnFunction.apply(value, spatial_shapes, level_start_index,
+                                           sampling_locations, attention_weights,
+                                           num_points_list, method)
+    with _below_autograd():
+        return _forward_op(value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights, num_points_list, method)
+
+
+_lib.impl("ms_deform_attn", _forward_autograd, "Autograd")
 
 
 # Autocast on the CPU: value / attention_weights to the autocast dtype, locations to fp32.
-_autocast_lib = torch.library.Library("msda", "FRAGMENT")
-
-
 def _autocast_cpu(
     _keyset, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
     num_points_list=None, method="default"
@@ -277,13 +345,13 @@ def _autocast_cpu(
     with torch._C._ExcludeDispatchKeyGuard(
         torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
     ):
-        return torch.ops.msda.ms_deform_attn.default(
+        return _forward_op(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
             num_points_list, method
         )
 
 
-_autocast_lib.impl("ms_deform_attn", _autocast_cpu, "AutocastCPU", with_keyset=True)
+_lib.impl("ms_deform_attn", _autocast_cpu, "AutocastCPU", with_keyset=True)
 
 
 def _index_tensor(name: str, x) -> Tensor:
@@ -303,11 +371,28 @@ def _index_tensor(name: str, x) -> Tensor:
 def _check_tensor(name: str, t) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: must be a dense (strided) tensor, got layout {t.layout}")
     if t.device.type not in ("cpu", "meta", "cuda"):
         raise ValueError(
             f"{name}: must be a CPU or CUDA tensor (msda runs on its C++ core and, for CUDA "
             f"tensors, on its Triton kernels), got device {t.device}"
         )
+
+
+_STRIDED = torch.strided
+
+
+def _check_tensors(names, tensors) -> None:
+    # The common case first: every argument a dense CPU tensor (subclasses, FakeTensor among
+    # them, take the full check).
+    for t in tensors:
+        if type(t) is not Tensor or not t.is_cpu or t.layout is not _STRIDED:
+            break
+    else:
+        return
+    for name, t in zip(names, tensors):
+        _check_tensor(name, t)
 
 
 def ms_deform_attn(
@@ -340,18 +425,18 @@ def ms_deform_attn(
     (as ``F.grid_sample`` with ``grid = 2 * loc - 1``). Runs on torch.get_num_threads()
     threads. Wrong shapes, dtypes or devices raise ValueError / TypeError naming the argument.
     """
-    spatial_shapes = _index_tensor("spatial_shapes", spatial_shapes)
+    if type(spatial_shapes) is not Tensor:
+        spatial_shapes = _index_tensor("spatial_shapes", spatial_shapes)
     if level_start_index is None:
         level_start_index = _common.level_start_index(spatial_shapes)
-    else:
+    elif type(level_start_index) is not Tensor:
         level_start_index = _index_tensor("level_start_index", level_start_index)
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    for name, t in zip(ARGUMENT_NAMES, tensors):
-        _check_tensor(name, t)
+    _check_tensors(ARGUMENT_NAMES, tensors)
+    if num_points_list is None and method == "default":  # The original op's call, as exported.
+        return _forward_op(*tensors)
     counts, _ = check_variant(num_points_list, method)
-    if counts is None and method == "default":  # The original op's schema, as exported.
-        return _ms_deform_attn_op(*tensors)
-    return _ms_deform_attn_op(*tensors, counts, method)
+    return _forward_op(*tensors, counts, method)
 
 
 
@@ -373,15 +458,14 @@ def ms_deform_attn_backward(
     ``msda.numpy.ms_deform_attn_backward`` and the C API (the five inputs, then grad_output):
     (grad_value, grad_sampling_locations, grad_attention_weights), None for a gradient not
     asked for (it is not computed)."""
-    for name, t in zip(
-        ARGUMENT_NAMES + ("grad_output",),
+    _check_tensors(
+        _BACKWARD_NAMES,
         (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
          grad_output),
-    ):
-        _check_tensor(name, t)
+    )
     needs = (bool(need_value), bool(need_locations), bool(need_weights))
     counts, _ = check_variant(num_points_list, method)
-    grads = _ms_deform_attn_backward_op(
+    grads = _backward_op(
         grad_output,
         value,
         spatial_shapes,
