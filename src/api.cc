@@ -246,9 +246,10 @@ msdaStatus msdaBackward(void* workspace, uint64_t workspaceSize, msdaExecutor* e
 
 msdaStatus msdaSetNumThreads(int32_t numThreads) {
   msda::ClearError();
-  if (numThreads < 0) {
+  if (numThreads < 0 || numThreads > MSDA_MAX_NUM_THREADS) {
     return Refuse(MSDA_ERROR_INVALID_VALUE,
-                  "numThreads: must be >= 0 (0 = default), got " + std::to_string(numThreads));
+                  "numThreads: must be in [0, " + std::to_string(MSDA_MAX_NUM_THREADS) +
+                      "] (0 = default), got " + std::to_string(numThreads));
   }
   msda::SetThreadLocalNumThreads(numThreads);
   return MSDA_SUCCESS;

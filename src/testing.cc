@@ -3,6 +3,7 @@
 #include <atomic>
 
 #include "plan.h"
+#include "threads.h"
 
 namespace msda {
 namespace {
@@ -30,3 +31,11 @@ extern "C" void msdaTestingSetPlannerOptions(int32_t head_major_copy, int32_t ba
       backward_strategy >= 0 && backward_strategy <= 2 ? backward_strategy : -1,
       std::memory_order_relaxed);
 }
+
+extern "C" void msdaTestingSetPoolOptions(int32_t idle_ms, int32_t thread_creations) {
+  msda::idle_ms.store(idle_ms < 0 ? msda::kDefaultIdleMs : idle_ms, std::memory_order_relaxed);
+  msda::creations_left.store(thread_creations < 0 ? -1 : thread_creations,
+                             std::memory_order_relaxed);
+}
+
+extern "C" int32_t msdaTestingPoolWorkers(void) { return msda::PoolWorkers(); }

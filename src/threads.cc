@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -11,9 +12,13 @@
 #include <mutex>
 #include <system_error>
 #include <thread>
-#include <vector>
 
 namespace msda {
+
+// Relaxed: settings, read when a worker starts waiting or a thread is about to be created.
+std::atomic<int> idle_ms{kDefaultIdleMs};
+std::atomic<int> creations_left{-1};  // -1: no limit (a test sets one, testing.h).
+
 namespace {
 
 // One ParallelFor call. fn, num_tasks and num_threads are written before the job is queued and
@@ -100,41 +105,64 @@ class Pool {
   }
 
  private:
-  // Starts workers until there are count; returns how many there are, at most count.
+  // Starts workers until there are count; returns how many there are, at most count. Under
+  // mutex_.
   int EnsureWorkers(int count) {
-    while (static_cast<int>(workers_.size()) < count) {
-      try {
-        workers_.emplace_back([this] { Loop(); });
-      } catch (const std::system_error&) {  // EAGAIN: a thread or process limit.
-        break;
-      }
-      workers_.back().detach();
-    }
-    return std::min(count, static_cast<int>(workers_.size()));
+    while (live_ < count && StartWorker()) ++live_;
+    return std::min(count, live_);
   }
 
+  // False when the system (or a test, testing.h) refuses a new thread.
+  bool StartWorker() {
+    int left = creations_left.load(std::memory_order_relaxed);
+    while (left >= 0) {  // A test's budget of thread creations.
+      if (left == 0) return false;
+      if (creations_left.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) break;
+    }
+    try {
+      std::thread([this] { Loop(); }).detach();
+    } catch (const std::system_error&) {  // EAGAIN: a thread or process limit.
+      return false;
+    }
+    return true;
+  }
+
+  // A worker sleeps on wake_ until a job is queued; after idle_ms without one it exits, so
+  // a process that once asked for many threads does not keep them.
   void Loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      std::shared_ptr<Job> job;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return !queue_.empty(); });
-        job = std::move(queue_.front());
-        queue_.pop_front();
+      const auto idle = std::chrono::milliseconds(idle_ms.load(std::memory_order_relaxed));
+      if (!wake_.wait_for(lock, idle, [&] { return !queue_.empty(); })) {
+        --live_;  // Under mutex_: Run never counts on a worker that is leaving.
+        return;
       }
+      const std::shared_ptr<Job> job = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
       const int index = job->next_thread_index.fetch_add(1, std::memory_order_relaxed);
       if (index < job->num_threads) job->Work(index);
+      lock.lock();
     }
   }
 
+ public:
+  int LiveWorkers() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return live_;
+  }
+
+ private:
   static inline std::atomic<Pool*> current{nullptr};
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
-  std::vector<std::thread> workers_;
+  int live_ = 0;  // Workers started and not yet exited; under mutex_.
 };
 
 thread_local int tls_num_threads = 0;
+
+int ClampThreads(long n) { return static_cast<int>(std::min<long>(n, kMaxNumThreads)); }
 
 }  // namespace
 
@@ -153,13 +181,14 @@ int ResolveNumThreads() {
   if (tls_num_threads > 0) return tls_num_threads;
   if (const char* env = std::getenv("MSDA_NUM_THREADS")) {
     const long n = std::strtol(env, nullptr, 10);
-    if (n > 0 && n <= 4096) return static_cast<int>(n);
+    if (n > 0) return ClampThreads(n);
   }
   const unsigned hw = std::thread::hardware_concurrency();
-  return hw > 0 ? static_cast<int>(hw) : 1;
+  return hw > 0 ? ClampThreads(static_cast<long>(hw)) : 1;
 }
 
 void SetThreadLocalNumThreads(int num_threads) { tls_num_threads = num_threads; }
+int PoolWorkers() { return Pool::Get().LiveWorkers(); }
 int ThreadLocalNumThreads() { return tls_num_threads; }
 
 }  // namespace msda

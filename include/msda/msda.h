@@ -193,8 +193,12 @@ MSDA_API msdaStatus msdaDestroyExecutor(msdaExecutor* executor);
 
 /* Threads. A GetWorkspaceSize call plans for the thread count set on the calling thread by
  * msdaSetNumThreads (0, the default, means: the MSDA_NUM_THREADS environment variable if it
- * is set, else every hardware thread). The run call uses the planned count. Results do not
- * depend on the thread count. */
+ * is set, else every hardware thread), at most MSDA_MAX_NUM_THREADS (larger settings are
+ * refused, a larger environment value or hardware count is clamped). The run call uses the
+ * planned count, or fewer when the system refuses to create threads (same results). Results
+ * do not depend on the thread count. The pool's threads sleep when idle (no spinning) and
+ * exit after a second without work. */
+#define MSDA_MAX_NUM_THREADS 1024
 MSDA_API msdaStatus msdaSetNumThreads(int32_t numThreads);
 /* The thread count the next GetWorkspaceSize call on this thread will plan for. */
 MSDA_API int32_t msdaGetNumThreads(void);

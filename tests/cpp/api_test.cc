@@ -3,6 +3,11 @@
 // the thread-count settings.
 #include <gtest/gtest.h>
 
+#ifdef __linux__
+#include <dirent.h>
+#endif
+
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -13,6 +18,7 @@
 #include "msda/msda.h"
 #include "reference.h"
 #include "tester.h"
+#include "testing.h"
 
 // From c_api_test.c.
 extern "C" {
@@ -398,6 +404,109 @@ TEST_F(ThreadSetting, SetAndGet) {
   EXPECT_EQ(msdaGetNumThreads(), 1);
   EXPECT_EQ(msdaSetNumThreads(0), MSDA_SUCCESS);
   EXPECT_GE(msdaGetNumThreads(), 1);
+  // The documented cap: accepted up to it, refused above it, naming the setting.
+  EXPECT_EQ(msdaSetNumThreads(MSDA_MAX_NUM_THREADS), MSDA_SUCCESS);
+  EXPECT_EQ(msdaGetNumThreads(), MSDA_MAX_NUM_THREADS);
+  EXPECT_EQ(msdaSetNumThreads(MSDA_MAX_NUM_THREADS + 1), MSDA_ERROR_INVALID_VALUE);
+  EXPECT_NE(std::string(msdaGetLastErrorMessage()).find("numThreads: must be in [0, 1024]"),
+            std::string::npos)
+      << msdaGetLastErrorMessage();
+  EXPECT_EQ(msdaGetNumThreads(), MSDA_MAX_NUM_THREADS);
+}
+
+TEST_F(ThreadSetting, EnvironmentAboveTheCapIsClamped) {
+  const char* old = std::getenv("MSDA_NUM_THREADS");
+  const std::string saved = old != nullptr ? old : "";
+  ASSERT_EQ(msdaSetNumThreads(0), MSDA_SUCCESS);
+  setenv("MSDA_NUM_THREADS", "100000", 1);
+  EXPECT_EQ(msdaGetNumThreads(), MSDA_MAX_NUM_THREADS);
+  if (old != nullptr) {
+    setenv("MSDA_NUM_THREADS", saved.c_str(), 1);
+  } else {
+    unsetenv("MSDA_NUM_THREADS");
+  }
+}
+
+// The pool's settings are process-wide: each test restores the defaults.
+class Pool : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    msdaTestingSetPoolOptions(-1, -1);
+    msdaSetNumThreads(0);
+  }
+  // Waits up to 10 s for the idle workers to exit.
+  static bool WorkersExit() {
+    for (int i = 0; i < 1000 && msdaTestingPoolWorkers() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return msdaTestingPoolWorkers() == 0;
+  }
+  static MsdaTester ManyTasks(int threads) {
+    MsdaTester t = SmallProblem();
+    t.Queries(3000).Threads(threads);
+    return t;
+  }
+};
+
+#ifdef __linux__
+// Threads of this process, as the kernel counts them.
+int ProcessThreads() {
+  int n = 0;
+  if (DIR* dir = opendir("/proc/self/task")) {
+    while (const dirent* e = readdir(dir)) n += e->d_name[0] != '.';
+    closedir(dir);
+  }
+  return n;
+}
+#endif
+
+TEST_F(Pool, IdleWorkersExit) {
+  msdaTestingSetPoolOptions(300, -1);
+  ASSERT_TRUE(WorkersExit());
+#ifdef __linux__
+  const int before = ProcessThreads();
+#endif
+  {
+    ForwardCall call(ManyTasks(8));
+    ASSERT_EQ(msdaSetNumThreads(8), MSDA_SUCCESS);
+    uint64_t ws = 0;
+    msdaExecutor* ex = nullptr;
+    ASSERT_EQ(call.Plan(&ws, &ex), MSDA_SUCCESS);
+    Workspace w(ws);
+    ASSERT_EQ(msdaForward(w.data(), ws, ex, nullptr), MSDA_SUCCESS);
+    const int workers = msdaTestingPoolWorkers();  // Within 300 ms of the call's end.
+    EXPECT_GE(workers, 1);
+    EXPECT_LE(workers, 7);
+    call.ExpectCorrect();
+  }
+  ASSERT_TRUE(WorkersExit()) << msdaTestingPoolWorkers() << " workers still alive";
+#ifdef __linux__
+  // Exited for real, not parked: the kernel's count falls back (a worker leaves the count
+  // just before its thread ends, hence the wait).
+  int after = ProcessThreads();
+  for (int i = 0; i < 500 && after > before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    after = ProcessThreads();
+  }
+  EXPECT_LE(after, before);
+#endif
+  // And the next call starts workers again.
+  ManyTasks(3).TestBackward();
+}
+
+TEST_F(Pool, RefusedThreadCreationFallsBackToTheCaller) {
+  msdaTestingSetPoolOptions(1, -1);
+  ASSERT_TRUE(WorkersExit());
+  msdaTestingSetPoolOptions(-1, 0);  // Every new thread refused, as by EAGAIN.
+  MsdaTester t = ManyTasks(4);
+  t.TestForward();
+  t.TestBackward();
+  EXPECT_EQ(msdaTestingPoolWorkers(), 0);
+  msdaTestingSetPoolOptions(-1, 2);  // Two more, then refused: a 6-thread call runs on 3.
+  t.Threads(6).Seed(7);
+  t.TestForward();
+  t.TestBackward();
+  EXPECT_LE(msdaTestingPoolWorkers(), 2);
 }
 
 TEST_F(ThreadSetting, IsThreadLocal) {
