@@ -24,10 +24,17 @@ from . import _C
 _LAZY_ATTRIBUTES = {
     "ms_deform_attn": ("msda.ops", "ms_deform_attn"),
     "ms_deform_attn_backward": ("msda.ops", "ms_deform_attn_backward"),
+    "level_start_index": ("msda.ops", "level_start_index"),
 }
 _LAZY_MODULES = ("ops", "nn", "numpy", "onnx")
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_backward", "library_version", "__version__"]
+__all__ = [
+    "ms_deform_attn",
+    "ms_deform_attn_backward",
+    "level_start_index",
+    "library_version",
+    "__version__",
+]
 
 
 def library_version() -> str:

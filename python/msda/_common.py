@@ -8,6 +8,9 @@ ARGUMENT_NAMES = (
     "attention_weights",
 )
 
+# msda.h's MSDA_MAX_NUM_THREADS (the binding exports it as _C.MAX_NUM_THREADS).
+MAX_NUM_THREADS = 1024
+
 
 def _shape(x):
     return list(x.shape)
@@ -24,6 +27,11 @@ def level_start_index(spatial_shapes):
         import numpy as np
 
         spatial_shapes = np.asarray(spatial_shapes, dtype=np.int64)
+    elif hasattr(spatial_shapes, "long"):  # A torch tensor: H*W of int32 rows could overflow.
+        if not spatial_shapes.is_floating_point():
+            spatial_shapes = spatial_shapes.long()
+    elif spatial_shapes.dtype.kind in "iu":  # A NumPy integer array, for the same reason.
+        spatial_shapes = spatial_shapes.astype("int64")
     if spatial_shapes.ndim != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] < 1:
         raise ValueError(
             "spatial_shapes: must have shape [levels, 2] with levels >= 1, got shape "
@@ -113,6 +121,9 @@ def check_num_threads(num_threads):
         return 0
     if isinstance(num_threads, bool) or not isinstance(num_threads, int):
         raise TypeError(f"num_threads: must be an int or None, got {type(num_threads).__name__}")
-    if num_threads < 0:
-        raise ValueError(f"num_threads: must be >= 0 (0 or None = msda's default), got {num_threads}")
+    if num_threads < 0 or num_threads > MAX_NUM_THREADS:
+        raise ValueError(
+            f"num_threads: must be in [0, {MAX_NUM_THREADS}] (0 or None = msda's default), got "
+            f"{num_threads}"
+        )
     return num_threads

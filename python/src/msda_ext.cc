@@ -57,7 +57,9 @@ using Workspace = std::unique_ptr<void, WorkspaceDeleter>;
     case MSDA_ERROR_LIMIT_EXCEEDED:
       throw nb::value_error(text.c_str());
     case MSDA_ERROR_OUT_OF_MEMORY:
-      throw std::bad_alloc();  // nanobind turns it into MemoryError.
+      // MemoryError with the message (std::bad_alloc would lose it). The GIL is held here.
+      PyErr_SetString(PyExc_MemoryError, text.c_str());
+      throw nb::python_error();
     default:
       throw std::runtime_error(text);  // RuntimeError: workspace, executor, internal.
   }
@@ -85,6 +87,64 @@ msdaDataType MapDtype(const char* name, nb::dlpack::dtype dt) {
                         " is not supported (msda takes float32, float16, bfloat16, float64 "
                         "and, for spatial_shapes / level_start_index, int32 or int64)")
                            .c_str());
+}
+
+// Arrays arrive as plain objects and are converted here, so that a refusal names the
+// argument and the rule instead of listing the signature.
+std::string TypeName(nb::handle h) { return Py_TYPE(h.ptr())->tp_name; }
+
+std::string ArrayRefusal(const char* name, nb::handle h) {
+  if (nb::hasattr(h, "dtype")) {
+    nb::object dtype = nb::getattr(h, "dtype");
+    if (nb::hasattr(dtype, "byteorder") && nb::hasattr(dtype, "str")) {
+      const std::string order = std::string(nb::str(nb::getattr(dtype, "byteorder")).c_str());
+      if (order == ">" || order == "<") {  // Not native ('=' or '|') on this machine.
+        return std::string(name) + ": byte order of dtype " +
+               std::string(nb::str(nb::getattr(dtype, "str")).c_str()) +
+               " is not this machine's; msda reads native-endian arrays (convert with "
+               "a.astype(a.dtype.newbyteorder('=')))";
+      }
+    }
+  }
+  return std::string(name) +
+         ": expected an array (a NumPy array, a CPU tensor, or an object with "
+         "__dlpack__ or the buffer protocol) of a supported dtype, got " +
+         TypeName(h);
+}
+
+InArray Input(const char* name, nb::handle h) {
+  InArray a;
+  if (!nb::try_cast(h, a, false)) throw nb::type_error(ArrayRefusal(name, h).c_str());
+  return a;
+}
+
+// None gives an invalid array (a gradient not asked for) where none_ok.
+OutArray Output(const char* name, nb::handle h, bool none_ok = false) {
+  OutArray a;
+  if (none_ok && h.is_none()) return a;
+  if (nb::try_cast(h, a, false)) return a;
+  InArray read_only;
+  if (nb::try_cast(h, read_only, false)) {
+    throw nb::value_error((std::string(name) +
+                           ": is read-only (msda writes the result into it); pass a writeable "
+                           "array")
+                              .c_str());
+  }
+  throw nb::type_error(ArrayRefusal(name, h).c_str());
+}
+
+int ThreadCount(nb::handle h) {
+  if (!PyLong_Check(h.ptr()) || PyBool_Check(h.ptr())) {
+    throw nb::type_error(("num_threads: must be an int, got " + TypeName(h)).c_str());
+  }
+  int overflow = 0;
+  const long long n = PyLong_AsLongLongAndOverflow(h.ptr(), &overflow);
+  if (overflow != 0 || n < 0 || n > MSDA_MAX_NUM_THREADS) {
+    throw nb::value_error(("num_threads: must be in [0, " + std::to_string(MSDA_MAX_NUM_THREADS) +
+                           "] (0 = msda's default), got " + std::string(nb::str(h).c_str()))
+                              .c_str());
+  }
+  return static_cast<int>(n);
 }
 
 // A msdaTensor view of an ndarray (shape and strides are in elements in both). Refusals by
@@ -168,11 +228,10 @@ void PlanAndRun(PlanFn plan, msdaStatus (*run)(void*, uint64_t, msdaExecutor*, m
   if (status != MSDA_SUCCESS) RaiseStatus(status, error);
 }
 
-void SetThreads(int num_threads) {
-  const msdaStatus s = msdaSetNumThreads(num_threads);
-  if (s != MSDA_SUCCESS)
-    RaiseStatus(
-        s, "num_threads: must be >= 0 (0 = msda's default), got " + std::to_string(num_threads));
+void SetThreads(nb::handle num_threads) {
+  const int n = ThreadCount(num_threads);
+  const msdaStatus s = msdaSetNumThreads(n);
+  if (s != MSDA_SUCCESS) RaiseStatus(s, std::string("num_threads: ") + msdaGetLastErrorMessage());
 }
 
 using PointCounts = std::optional<std::vector<int64_t>>;
@@ -191,16 +250,18 @@ msdaOptions MakeOptions(const PointCounts& num_points_list, bool discrete) {
   return o;
 }
 
-void Forward(const InArray& value, const InArray& spatial_shapes, const InArray& level_start_index,
-             const InArray& sampling_locations, const InArray& attention_weights,
-             const OutArray& output, int num_threads, const PointCounts& num_points_list,
-             bool discrete) {
-  const TensorPtr v = MakeTensor("value", value);
-  const TensorPtr ss = MakeTensor("spatial_shapes", spatial_shapes);
-  const TensorPtr lsi = MakeTensor("level_start_index", level_start_index);
-  const TensorPtr loc = MakeTensor("sampling_locations", sampling_locations);
-  const TensorPtr attn = MakeTensor("attention_weights", attention_weights);
-  const TensorPtr out = MakeTensor("output", output);
+void Forward(nb::handle value, nb::handle spatial_shapes, nb::handle level_start_index,
+             nb::handle sampling_locations, nb::handle attention_weights, nb::handle output,
+             nb::handle num_threads, const PointCounts& num_points_list, bool discrete) {
+  const TensorPtr v = MakeTensor("value", Input("value", value));
+  const TensorPtr ss = MakeTensor("spatial_shapes", Input("spatial_shapes", spatial_shapes));
+  const TensorPtr lsi =
+      MakeTensor("level_start_index", Input("level_start_index", level_start_index));
+  const TensorPtr loc =
+      MakeTensor("sampling_locations", Input("sampling_locations", sampling_locations));
+  const TensorPtr attn =
+      MakeTensor("attention_weights", Input("attention_weights", attention_weights));
+  const TensorPtr out = MakeTensor("output", Output("output", output));
   SetThreads(num_threads);
   const msdaOptions options = MakeOptions(num_points_list, discrete);
 
@@ -212,25 +273,29 @@ void Forward(const InArray& value, const InArray& spatial_shapes, const InArray&
       msdaForward);
 }
 
-void Backward(const InArray& value, const InArray& spatial_shapes, const InArray& level_start_index,
-              const InArray& sampling_locations, const InArray& attention_weights,
-              const InArray& grad_output, const OutArray& grad_value,
-              const OutArray& grad_sampling_locations, const OutArray& grad_attention_weights,
-              int num_threads, const PointCounts& num_points_list, bool discrete) {
-  const TensorPtr v = MakeTensor("value", value);
-  const TensorPtr ss = MakeTensor("spatial_shapes", spatial_shapes);
-  const TensorPtr lsi = MakeTensor("level_start_index", level_start_index);
-  const TensorPtr loc = MakeTensor("sampling_locations", sampling_locations);
-  const TensorPtr attn = MakeTensor("attention_weights", attention_weights);
-  const TensorPtr g = MakeTensor("grad_output", grad_output);
-  // None (an invalid ndarray) skips that gradient.
-  const TensorPtr gv = grad_value.is_valid() ? MakeTensor("grad_value", grad_value) : nullptr;
-  const TensorPtr gl = grad_sampling_locations.is_valid()
-                           ? MakeTensor("grad_sampling_locations", grad_sampling_locations)
-                           : nullptr;
-  const TensorPtr ga = grad_attention_weights.is_valid()
-                           ? MakeTensor("grad_attention_weights", grad_attention_weights)
-                           : nullptr;
+void Backward(nb::handle value, nb::handle spatial_shapes, nb::handle level_start_index,
+              nb::handle sampling_locations, nb::handle attention_weights, nb::handle grad_output,
+              nb::handle grad_value, nb::handle grad_sampling_locations,
+              nb::handle grad_attention_weights, nb::handle num_threads,
+              const PointCounts& num_points_list, bool discrete) {
+  const TensorPtr v = MakeTensor("value", Input("value", value));
+  const TensorPtr ss = MakeTensor("spatial_shapes", Input("spatial_shapes", spatial_shapes));
+  const TensorPtr lsi =
+      MakeTensor("level_start_index", Input("level_start_index", level_start_index));
+  const TensorPtr loc =
+      MakeTensor("sampling_locations", Input("sampling_locations", sampling_locations));
+  const TensorPtr attn =
+      MakeTensor("attention_weights", Input("attention_weights", attention_weights));
+  const TensorPtr g = MakeTensor("grad_output", Input("grad_output", grad_output));
+  // None skips that gradient.
+  const OutArray gv_array = Output("grad_value", grad_value, true);
+  const OutArray gl_array = Output("grad_sampling_locations", grad_sampling_locations, true);
+  const OutArray ga_array = Output("grad_attention_weights", grad_attention_weights, true);
+  const TensorPtr gv = gv_array.is_valid() ? MakeTensor("grad_value", gv_array) : nullptr;
+  const TensorPtr gl =
+      gl_array.is_valid() ? MakeTensor("grad_sampling_locations", gl_array) : nullptr;
+  const TensorPtr ga =
+      ga_array.is_valid() ? MakeTensor("grad_attention_weights", ga_array) : nullptr;
   SetThreads(num_threads);
   const msdaOptions options = MakeOptions(num_points_list, discrete);
 
@@ -248,19 +313,18 @@ void Backward(const InArray& value, const InArray& spatial_shapes, const InArray
 NB_MODULE(_C, m) {
   m.doc() = "Thin binding of the msda C API (MultiScale Deformable Attention, CPU).";
 
-  m.def("forward", &Forward, "value"_a.noconvert(), "spatial_shapes"_a.noconvert(),
-        "level_start_index"_a.noconvert(), "sampling_locations"_a.noconvert(),
-        "attention_weights"_a.noconvert(), "output"_a.noconvert(), "num_threads"_a = 0,
+  m.attr("MAX_NUM_THREADS") = MSDA_MAX_NUM_THREADS;
+
+  m.def("forward", &Forward, "value"_a, "spatial_shapes"_a, "level_start_index"_a,
+        "sampling_locations"_a, "attention_weights"_a, "output"_a, "num_threads"_a = 0,
         "num_points_list"_a = nb::none(), "discrete"_a = false,
         "Writes the forward result into `output` ([B, Q, H*D], value's dtype). num_threads = 0 "
         "uses msda's default (MSDA_NUM_THREADS, else every hardware thread). num_points_list "
         "(per-level point counts, flat point layout) and discrete are the msdaOptions.");
 
-  m.def("backward", &Backward, "value"_a.noconvert(), "spatial_shapes"_a.noconvert(),
-        "level_start_index"_a.noconvert(), "sampling_locations"_a.noconvert(),
-        "attention_weights"_a.noconvert(), "grad_output"_a.noconvert(),
-        "grad_value"_a.noconvert().none(), "grad_sampling_locations"_a.noconvert().none(),
-        "grad_attention_weights"_a.noconvert().none(), "num_threads"_a = 0,
+  m.def("backward", &Backward, "value"_a, "spatial_shapes"_a, "level_start_index"_a,
+        "sampling_locations"_a, "attention_weights"_a, "grad_output"_a, "grad_value"_a.none(),
+        "grad_sampling_locations"_a.none(), "grad_attention_weights"_a.none(), "num_threads"_a = 0,
         "num_points_list"_a = nb::none(), "discrete"_a = false,
         "Writes the requested gradients (None skips one) in place; they are overwritten, not "
         "accumulated.");

@@ -1,6 +1,8 @@
 """Every refusal is a ValueError / TypeError whose message names the argument (and the
 rule); nothing crashes."""
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -176,8 +178,10 @@ def test_numpy_refusals():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match=r"^out: must be writable"):
         mnp.ms_deform_attn(v, ss, lsi, loc, attn, out=ro)
-    with pytest.raises(ValueError, match=r"^num_threads: must be >= 0"):
+    with pytest.raises(ValueError, match=r"^num_threads: must be in \[0, 1024\]"):
         mnp.ms_deform_attn(v, ss, lsi, loc, attn, num_threads=-1)
+    with pytest.raises(ValueError, match=r"^num_threads: must be in \[0, 1024\]"):
+        mnp.ms_deform_attn(v, ss, lsi, loc, attn, num_threads=1025)
     with pytest.raises(ValueError, match=r"^grad_output: dim 1 \(queries\) must be 3"):
         mnp.ms_deform_attn_backward(v, ss, lsi, loc, attn, np.zeros((2, 4, 8), np.float32))
 
@@ -194,13 +198,96 @@ def test_ext_refuses_overlapping_and_self_overlapping_outputs():
     with pytest.raises(ValueError, match=r"^output: output memory overlaps value"):
         msda._C.forward(tv, torch.from_numpy(ss), torch.from_numpy(lsi), torch.from_numpy(loc),
                         torch.from_numpy(attn), tv.view(-1)[:48].view(2, 3, 8), 1)
-    with pytest.raises(ValueError, match=r"^num_threads: must be >= 0"):
+    with pytest.raises(ValueError, match=r"^num_threads: must be in \[0, 1024\]"):
         msda._C.forward(v, ss, lsi, loc, attn, np.empty((2, 3, 8), np.float32), -3)
 
 
-def test_ext_refuses_read_only_output():
+def test_ext_refusals_name_the_argument():
+    # What the binding refuses before msda sees the call: each message names the argument.
     v, ss, lsi, loc, attn = np_args()
     out = np.empty((2, 3, 8), np.float32)
-    out.flags.writeable = False
-    with pytest.raises(TypeError):
-        msda._C.forward(v, ss, lsi, loc, attn, out, 1)
+    ro = out.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^output: is read-only"):
+        msda._C.forward(v, ss, lsi, loc, attn, ro, 1)
+    g = np.zeros((2, 3, 8), np.float32)
+    gl = np.zeros_like(loc)
+    gl.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^grad_sampling_locations: is read-only"):
+        msda._C.backward(v, ss, lsi, loc, attn, g, None, gl, None, 1)
+    with pytest.raises(TypeError, match=r"^value: byte order of dtype >f4 is not this machine's"):
+        msda._C.forward(v.astype(">f4"), ss, lsi, loc, attn, out, 1)
+    with pytest.raises(TypeError, match=r"^output: byte order of dtype >f4"):
+        msda._C.forward(v, ss, lsi, loc, attn, out.astype(">f4"), 1)
+    with pytest.raises(TypeError, match=r"^spatial_shapes: byte order of dtype >i8"):
+        msda._C.forward(v, ss.astype(">i8"), lsi, loc, attn, out, 1)
+    with pytest.raises(TypeError, match=r"^attention_weights: expected an array .* got str"):
+        msda._C.forward(v, ss, lsi, loc, "weights", out, 1)
+    for n in (2**31, 2**70, 1025, -1):
+        with pytest.raises(ValueError, match=r"^num_threads: must be in \[0, 1024\]"):
+            msda._C.forward(v, ss, lsi, loc, attn, out, n)
+    with pytest.raises(TypeError, match=r"^num_threads: must be an int, got float"):
+        msda._C.forward(v, ss, lsi, loc, attn, out, 1.5)
+    with pytest.raises(TypeError, match=r"^num_threads: must be an int, got bool"):
+        msda._C.forward(v, ss, lsi, loc, attn, out, True)
+    assert msda._C.MAX_NUM_THREADS == 1024 == msda._common.MAX_NUM_THREADS
+    # After the refusals a good call runs.
+    msda._C.forward(v, ss, lsi, loc, attn, out, 1)
+    np.testing.assert_allclose(out, mnp.ms_deform_attn(v, ss, lsi, loc, attn), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("entry", ["numpy", "torch"])
+def test_int32_spatial_shapes_whose_area_overflows_int32_blame_spatial_shapes(entry):
+    # 50000 x 50000 = 2.5e9 keys does not fit int32: level_start_index computed by msda is
+    # int64 whatever spatial_shapes' dtype, so the refusal is the real mismatch, on
+    # spatial_shapes (value has 1 key), not an int32 wrap-around blamed on level_start_index.
+    ss = np.array([[50000, 50000], [2, 2]], np.int32)
+    v = np.zeros((1, 1, 1, 2), np.float32)
+    loc = np.zeros((1, 1, 1, 2, 1, 2), np.float32)
+    a = np.zeros((1, 1, 1, 2, 1), np.float32)
+    assert list(mnp.level_start_index(ss)) == [0, 2_500_000_000]
+    assert msda.level_start_index(torch.from_numpy(ss)).tolist() == [0, 2_500_000_000]
+    with pytest.raises(ValueError, match=r"^spatial_shapes: the sum of H\*W over levels is 2500000004 "
+                                         r"but value has 1 keys"):
+        if entry == "numpy":
+            mnp.ms_deform_attn(v, ss, None, loc, a)
+        else:
+            msda.ms_deform_attn(*(torch.from_numpy(x) if x is not None else None
+                                  for x in (v, ss, None, loc, a)))
+
+
+_OOM_SCRIPT = r"""
+import resource, numpy as np
+from msda import _C
+rng = np.random.default_rng(0)
+B, H, D, Q, P = 1, 8, 32, 20000, 4
+ss = np.array([[64, 64]]); lsi = np.array([0])
+v = rng.random((B, 4096, H, D), np.float32); loc = rng.random((B, Q, H, 1, P, 2), np.float32)
+a = rng.random((B, Q, H, 1, P), np.float32); g = rng.random((B, Q, H * D), np.float32)
+gv = np.full_like(v, 7); gl = np.full_like(loc, 7); ga = np.full_like(a, 7)
+vm = next(l for l in open("/proc/self/status") if l.startswith("VmSize"))
+limit = int(vm.split()[1]) * 1024 + (1 << 20)  # 1 MiB more than now: the workspace is larger
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (limit, hard))  # The soft limit: lifted again below.
+try:
+    _C.backward(v, ss, lsi, loc, a, g, gv, gl, ga, 1)
+    print("no error")
+except MemoryError as e:
+    print("MemoryError:", e)
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+print("untouched" if (gv == 7).all() and (gl == 7).all() and (ga == 7).all() else "written")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_out_of_memory_is_a_memory_error_that_says_what_did_not_fit():
+    # A real allocation failure (an address-space limit just above what the process has),
+    # in a child process: MemoryError whose message names what could not be allocated
+    # (the workspace, with its size, or the executor) and the status, outputs untouched.
+    r = subprocess.run([sys.executable, "-c", _OOM_SCRIPT], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "untouched", r.stdout
+    assert re.match(r"MemoryError: (workspace: could not allocate \d+ bytes|executor: out of host "
+                    r"memory[^\[]*) \[MSDA_ERROR_OUT_OF_MEMORY\]$", lines[0]), r.stdout

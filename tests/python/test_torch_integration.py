@@ -131,3 +131,31 @@ def test_torch_export():
     ep = torch.export.export(M(), tuple(args))
     assert "msda.ms_deform_attn" in str(ep.graph)
     torch.testing.assert_close(ep.module()(*args), M()(*args))
+
+
+def test_autograd_kernel_builds_a_graph_only_when_a_gradient_is_wanted():
+    # The Autograd kernel skips autograd.Function when nothing needs a gradient (the small-call
+    # path) and builds the node otherwise; the results are the same either way.
+    v, ss, lsi, loc, attn = make_inputs(B=1, Q=3, H=2, D=4, P=2, dtype=torch.float64, safe=True)
+    plain = msda.ms_deform_attn(v, ss, lsi, loc, attn)
+    assert plain.grad_fn is None and not plain.requires_grad
+    with torch.no_grad():
+        off = msda.ms_deform_attn(v.requires_grad_(True), ss, lsi, loc, attn)
+    assert off.grad_fn is None and not off.requires_grad
+    on = msda.ms_deform_attn(v, ss, lsi, loc, attn)
+    assert on.grad_fn is not None
+    torch.testing.assert_close(on.detach(), plain, rtol=0, atol=0)
+    torch.testing.assert_close(off, plain, rtol=0, atol=0)
+    on.sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+def test_ops_are_defined_on_a_library_with_pt2_tags():
+    kernels = {
+        torch.ops.msda.ms_deform_attn.default: ("CPU", "CUDA", "Autograd", "AutocastCPU", "Meta"),
+        torch.ops.msda.ms_deform_attn_backward.default: ("CPU", "CUDA", "Meta"),
+    }
+    for op, keys in kernels.items():
+        assert torch.Tag.pt2_compliant_tag in op.tags
+        for key in keys:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key), (op, key)
