@@ -27,12 +27,15 @@ bool SwitchOn(const char* name) {
 }
 
 // The planner's view of the machine: the thread count for this call and the planner options,
-// by default those of the benchmark switches (MSDA_HEAD_MAJOR=0: no head-major value copies;
+// by default those of the benchmark switches (MSDA_HEAD_MAJOR=0: no head-major value copies,
+// MSDA_HEAD_MAJOR=always: the copies wherever they fit;
 // MSDA_BY_HEAD=0: the backward's counting sort only), read once, unless a test has set them.
 msda::Machine ThisMachine() {
   static const PlannerOptions from_env = [] {
     PlannerOptions o;
     o.head_major_copy = SwitchOn("MSDA_HEAD_MAJOR");
+    const char* head_major = std::getenv("MSDA_HEAD_MAJOR");
+    o.head_major_always = head_major != nullptr && std::strcmp(head_major, "always") == 0;
     if (!SwitchOn("MSDA_BY_HEAD")) o.backward = BackwardStrategy::kCountingSort;
     return o;
   }();

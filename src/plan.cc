@@ -93,6 +93,7 @@ bool MakeScratchLayout(const Problem& p, int64_t acc_bytes, ScratchLayout* scrat
   scratch->corner_rows_by_corner = layout.Add(padded, sizeof(int32_t));
   scratch->corner_weights_by_corner = layout.Add(padded, sizeof(float));
   scratch->point_fractions = layout.Add(padded / 2, sizeof(float));
+  scratch->point_locations = layout.Add(padded / 2, sizeof(float));
   scratch->point_work = layout.Add(padded / 4 * kPointWorkRows, sizeof(float));
   scratch->next_rows = layout.Add(corners + 64, sizeof(int32_t));
   scratch->next_weights = layout.Add(corners + 64, sizeof(float));
@@ -118,7 +119,8 @@ bool ManyCornersPerKey(const Problem& p) {
          corners / 16 >= p.keys;
 }
 
-bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
+bool WantsHeadMajorCopy(const Problem& p, const PlannerOptions& options, int64_t* bytes) {
+  if (!options.head_major_copy) return false;
   int64_t value_bytes = ElementSize(p.value_dtype);
   const bool sizes_fit = !__builtin_mul_overflow(value_bytes, p.keys, &value_bytes) &&
                          !__builtin_mul_overflow(value_bytes, p.heads, &value_bytes) &&
@@ -126,7 +128,7 @@ bool WantsHeadMajorCopy(const Problem& p, int64_t* bytes) {
   if (!sizes_fit || p.batch < 1 || p.heads < 2 || value_bytes > kHeadMajorCopyLimitBytes) {
     return false;
   }
-  if (!ManyCornersPerKey(p) || p.queries < 1024) return false;
+  if (!options.head_major_always && (!ManyCornersPerKey(p) || p.queries < 1024)) return false;
   *bytes = value_bytes;
   return true;
 }
@@ -148,7 +150,8 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
       head_rows > (kWorkspaceBudgetBytes >> 3)) {
     return false;
   }
-  const bool copy = machine.options.head_major_copy && p.heads > 1 && ManyCornersPerKey(p);
+  const bool copy = machine.options.head_major_copy && p.heads > 1 &&
+                    (machine.options.head_major_always || ManyCornersPerKey(p));
   // dims <= head_rows < 2^23: no overflow below. Rows 8-byte aligned for fp64 accumulators.
   const int64_t row_bytes =
       CeilDiv(p.dims * (plan->acc_bytes + (copy ? ElementSize(p.value_dtype) : 0)), 8) * 8;
@@ -183,7 +186,8 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, Plan* plan) {
 // The layout and sizes the SIMD geometry pass needs (see Plan::simd_geometry), not counting
 // the forward's attention weights.
 bool SimdGeometryApplies(const Problem& p, const Strides& st) {
-  if (p.loc_dtype != MSDA_FLOAT32 || p.value_dtype == MSDA_FLOAT64) return false;
+  // Locations are fp32 or value's half type (validation), widened to fp32 per (query, head).
+  if (p.value_dtype == MSDA_FLOAT64 || p.loc_dtype == MSDA_FLOAT64) return false;
   if (st.loc_strides.xy != 1 ||
       !PointsContiguous(p, st.loc_strides.level, st.loc_strides.point, 2)) {
     return false;
@@ -285,7 +289,7 @@ bool MakeForwardPlan(const Problem& p, const Strides& st, const Machine& machine
     return false;
   }
   int64_t value_bytes = 0;
-  f.head_major = machine.options.head_major_copy && WantsHeadMajorCopy(p, &value_bytes);
+  f.head_major = WantsHeadMajorCopy(p, machine.options, &value_bytes);
   if (f.head_major) {
     // One head per tile over a long run of queries: the band of the copy that a run of
     // queries samples is then one head's (about 0.5 MiB on the encoder, within L2) instead of
@@ -418,7 +422,7 @@ bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machin
     // The copy only where the workspace stays within its budget (a strided or half-type
     // grad_value needs the accumulator as well).
     int64_t value_bytes = 0;
-    b.head_major = machine.options.head_major_copy && WantsHeadMajorCopy(p, &value_bytes) &&
+    b.head_major = WantsHeadMajorCopy(p, machine.options, &value_bytes) &&
                    layout.size() + value_bytes <= kWorkspaceBudgetBytes;
     if (b.head_major) {
       b.value_copy_offset = layout.Add(value_bytes, 1);

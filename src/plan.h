@@ -23,6 +23,9 @@ enum class BackwardStrategy { kAuto, kByHead, kCountingSort };
 // them (the two backward strategies agree bit for bit).
 struct PlannerOptions {
   bool head_major_copy = true;  // The head-major value copies where the rule asks for them.
+  // The copies wherever they can be made (at least two heads, within the copy budget),
+  // whatever the rule says: how the rule's threshold is measured (bench/bench_q_sweep.py).
+  bool head_major_always = false;
   BackwardStrategy backward = BackwardStrategy::kAuto;
 };
 
@@ -47,7 +50,8 @@ struct GradientSet {
 // In the caller's [keys, heads, dims] layout one head's rows sit heads * dims elements apart,
 // a power-of-two stride in most models that maps the rows a head samples around a point onto
 // a few cache sets; in the copy they are contiguous and the neighbourhood a run of queries
-// samples stays cached (docs/design.md; bench_msda under MSDA_HEAD_MAJOR=0 measures it).
+// samples stays cached (docs/design.md; bench_msda under MSDA_HEAD_MAJOR=0 measures it,
+// MSDA_HEAD_MAJOR=always makes the copy wherever it fits).
 struct ForwardPlan {
   bool head_major = false;
   int64_t value_copy_offset = 0;  // The copy: T [heads][keys][dims], one batch item.
@@ -141,6 +145,9 @@ struct ScratchLayout {
   int64_t corner_rows_by_corner = 0;
   int64_t corner_weights_by_corner = 0;
   int64_t point_fractions = 0;  // fp32 [2][points_padded]: lh then lw of every point.
+  // fp32 [points_padded][2]: a (query, head)'s half-typed locations widened for the SIMD
+  // geometry pass (unused with fp32 locations, which it reads in place).
+  int64_t point_locations = 0;
   // The backward's per-point work rows, fp32 [kPointWorkRows][points_padded]: the corner dot
   // products [4], corner coefficients [4], the attention weights, the three gradients, then
   // the by-head backward's dot products by point (kPointWorkDots4).
@@ -170,7 +177,8 @@ struct Plan {
   int num_threads = 1;
   int64_t acc_bytes = 4;  // 4: fp32 arithmetic; 8: fp64 (FLOAT64 problems).
   // The SIMD geometry pass: a (query, head)'s corners as vectors over its points, from the
-  // level tables below. It needs fp32 locations (with a non-fp64 value) laid out (level,
+  // level tables below. It needs a non-fp64 value and locations (fp32, or half-typed ones,
+  // widened to fp32 first exactly as the scalar path widens each coordinate) laid out (level,
   // point, xy) contiguously, for the forward attention weights contiguous over (level,
   // point) too, and key rows and map sizes that fit int32 (map sizes exact in fp32).
   // Otherwise point by point.

@@ -70,8 +70,8 @@ struct BackwardPoints : KernelContext {
   // The rows to read: the caller's value, or the current batch item's head-major copy.
   ValueRows<T> value_rows;
 
-  static constexpr bool kSimdTypes =
-      std::is_same<Loc, float>::value && std::is_same<Acc, float>::value;
+  // The SIMD geometry path: fp32 arithmetic (fp32 or half-typed locations).
+  static constexpr bool kSimdTypes = std::is_same<Acc, float>::value;
 
   const BackwardPlan& bp() const { return plan.backward; }
   int64_t NumPoints() const { return p.TotalPoints(); }
@@ -106,8 +106,10 @@ struct BackwardPoints : KernelContext {
     k.weights = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
     k.lh = reinterpret_cast<float*>(scratch + s.point_fractions);
     k.lw = k.lh + k.stride;
-    PointCorners(p, *levels, reinterpret_cast<const float*>(LocAt(b, q, h, 0)), k.rows, k.weights,
-                 k.stride, fractions ? k.lh : nullptr, fractions ? k.lw : nullptr);
+    const float* xy = PointLocations(LocAt(b, q, h, 0), NumPoints(),
+                                     reinterpret_cast<float*>(scratch + s.point_locations));
+    PointCorners(p, *levels, xy, k.rows, k.weights, k.stride, fractions ? k.lh : nullptr,
+                 fractions ? k.lw : nullptr);
     return k;
   }
 

@@ -57,7 +57,7 @@ struct ForwardKernel : KernelContext {
     const int64_t q_end = std::min(p.queries, q_begin + f.query_block);
     const int64_t h_begin = group * f.heads_per_tile;
     const int64_t h_end = std::min(p.heads, h_begin + f.heads_per_tile);
-    if constexpr (std::is_same<Loc, float>::value && std::is_same<Acc, float>::value) {
+    if constexpr (std::is_same<Acc, float>::value) {  // fp32 or half-typed locations.
       if (levels != nullptr) {
         return RunTilePipelined(batch, q_begin, q_end, h_begin, h_end, thread_index);
       }
@@ -133,14 +133,17 @@ struct ForwardKernel : KernelContext {
   int64_t BuildCornerList(int64_t batch, int64_t q, int64_t head, char* scratch, int32_t* kept_rows,
                           float* weights) const {
     const ScratchLayout& s = plan.scratch;
-    const float* loc = static_cast<const float*>(prm.loc) + batch * prm.loc_strides.batch +
-                       q * prm.loc_strides.query + head * prm.loc_strides.head;
+    const Loc* loc = static_cast<const Loc*>(prm.loc) + batch * prm.loc_strides.batch +
+                     q * prm.loc_strides.query + head * prm.loc_strides.head;
     const T* attn = static_cast<const T*>(prm.attn) + batch * prm.attn_strides.batch +
                     q * prm.attn_strides.query + head * prm.attn_strides.head;
     const int64_t stride = (p.TotalPoints() + 63) / 64 * 64;
     int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
     float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
-    PointCorners(p, *levels, loc, rows, by_corner, stride, nullptr, nullptr);
+    PointCorners(p, *levels,
+                 PointLocations(loc, p.TotalPoints(),
+                                reinterpret_cast<float*>(scratch + s.point_locations)),
+                 rows, by_corner, stride, nullptr, nullptr);
     // Fold the attention weights into the corner weights.
     const hn::ScalableTag<float> d;
     const int64_t n = static_cast<int64_t>(hn::Lanes(d));

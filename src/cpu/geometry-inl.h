@@ -12,8 +12,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/rows-inl.h"
 #include "hwy/highway.h"
 #include "params.h"
 #include "plan.h"
@@ -130,6 +132,20 @@ HWY_INLINE void PointCorners(const Problem& p, const PointLevels& lv, const floa
     HWY_ALIGN float tail[2 * hn::MaxLanes(d)] = {};
     std::copy(loc + 2 * i, loc + 2 * count, tail);
     run(tail, i, hn::FirstN(d, static_cast<size_t>(count - i)));
+  }
+}
+
+// The (x, y) pairs of a (query, head)'s `count` points as fp32, for PointCorners: fp32
+// locations in place, half-typed ones widened into `scratch` (2 * count floats), each
+// coordinate exactly as Load<float> widens it on the scalar path.
+template <typename Loc>
+HWY_INLINE const float* PointLocations(const Loc* HWY_RESTRICT loc, int64_t count,
+                                       float* HWY_RESTRICT scratch) {
+  if constexpr (std::is_same<Loc, float>::value) {
+    return loc;
+  } else {
+    WidenRow<Loc, float>(loc, 2 * count, scratch);
+    return scratch;
   }
 }
 

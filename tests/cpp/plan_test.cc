@@ -442,7 +442,7 @@ namespace msda {
 namespace {
 
 // The path decisions the planner makes from the layout, each on its own.
-TEST(PlanPath, SimdGeometryNeedsFlatFp32LocationsAndInt32Rows) {
+TEST(PlanPath, SimdGeometryNeedsFlatFp32OrHalfLocationsAndInt32Rows) {
   const Problem p = Encoder();
   const Strides flat = ContiguousStrides(p);
   Plan plan;
@@ -472,11 +472,19 @@ TEST(PlanPath, SimdGeometryNeedsFlatFp32LocationsAndInt32Rows) {
   Problem q = p;
   q.loc_dtype = MSDA_FLOAT16;
   q.value_dtype = MSDA_FLOAT16;
-  EXPECT_FALSE(forward_simd(q, flat));  // Half locations: point by point.
+  EXPECT_TRUE(forward_simd(q, flat));  // Half locations: widened per (query, head).
+  q.loc_dtype = q.value_dtype = MSDA_BFLOAT16;
+  EXPECT_TRUE(forward_simd(q, flat));
   q.loc_dtype = MSDA_FLOAT32;
   EXPECT_TRUE(forward_simd(q, flat));  // fp32 locations with half values.
   q.value_dtype = MSDA_FLOAT64;
   EXPECT_FALSE(forward_simd(q, flat));  // fp64 arithmetic.
+  q.loc_dtype = MSDA_FLOAT64;
+  EXPECT_FALSE(forward_simd(q, flat));
+  q.loc_dtype = q.value_dtype = MSDA_BFLOAT16;
+  Strides half_st = flat;
+  half_st.loc_strides.xy = 2;  // Strided half locations: point by point.
+  EXPECT_FALSE(forward_simd(q, half_st));
   Strides st = flat;
   st.loc_strides.xy = 2;  // x and y apart.
   EXPECT_FALSE(forward_simd(p, st));
