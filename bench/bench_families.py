@@ -3,7 +3,7 @@
 tests/python/_hf_families.py, forward and forward + backward, interleaved repeats in one run,
 medians. Prints a markdown table; ratio < 1 means msda is faster.
 
-    python bench/bench_families.py [--repeats N] [--families A,B] [--threads N]
+    python bench/bench_families.py [--repeats N] [--families A,B] [--threads N] [--image N]
 """
 import argparse
 import copy
@@ -58,7 +58,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--families", default=",".join(sorted(_hf_families.FAMILIES)))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--image", type=int, default=_hf_families.IMAGE,
+                        help="image side (the tests' models use 64)")
     args = parser.parse_args()
+    _hf_families.IMAGE = args.image
     if args.threads:
         torch.set_num_threads(args.threads)
     has_v2 = "num_points_list" in inspect.signature(msda.ms_deform_attn).parameters

@@ -108,17 +108,24 @@ int64_t AccBytes(const Problem& p) { return p.value_dtype == MSDA_FLOAT64 ? 8 : 
 
 constexpr int64_t kCopyBlockKeys = 1024;
 
-// Whether a pass over the queries should read a head-major copy of value (see ForwardPlan):
-// when the copy, read and written once, is small next to the gathers (each query reads
-// L * P * 4 rows per head: ask for 16 corner rows per key) and fits its budget. Sets *bytes
-// to the copy's size when it does.
-// Whether queries read at least 16 corner rows per key of each head, enough to pay for a copy.
+// Whether the queries read enough corner rows per key of each head (each query reads
+// L * P * 4 rows per head) to pay for a head-major copy of value, read and written once:
+// at least kCopyCornersPerKey. Measured (bench/bench_q_sweep.py, encoder map K=20197, H=8,
+// L=4, P=4, one thread, realistic and uniform locations): the copy loses about 20 % at
+// Q=500 (1.6 corner reads per key) and wins from Q=1000 (3.2), 1.2-1.4x at Q=1000 and
+// 1.5-2.5x from Q=2000 on, forward and backward; without it a point costs about the same
+// at every Q, with it the copy's fixed cost is amortised.
+constexpr int64_t kCopyCornersPerKey = 3;
+
 bool ManyCornersPerKey(const Problem& p) {
   int64_t corners = 0, points = 0;
   return PointCount(p, &points) && Product({4, p.queries, points}, &corners) &&
-         corners / 16 >= p.keys;
+         corners / kCopyCornersPerKey >= p.keys;
 }
 
+// Whether a pass over the queries should read a head-major copy of value (see ForwardPlan):
+// when there are enough corner reads per key (or options.head_major_always) and the copy
+// fits its budget. Sets *bytes to the copy's size when it does.
 bool WantsHeadMajorCopy(const Problem& p, const PlannerOptions& options, int64_t* bytes) {
   if (!options.head_major_copy) return false;
   int64_t value_bytes = ElementSize(p.value_dtype);
@@ -128,7 +135,7 @@ bool WantsHeadMajorCopy(const Problem& p, const PlannerOptions& options, int64_t
   if (!sizes_fit || p.batch < 1 || p.heads < 2 || value_bytes > kHeadMajorCopyLimitBytes) {
     return false;
   }
-  if (!options.head_major_always && (!ManyCornersPerKey(p) || p.queries < 1024)) return false;
+  if (!options.head_major_always && !ManyCornersPerKey(p)) return false;
   *bytes = value_bytes;
   return true;
 }

@@ -129,6 +129,26 @@ TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
   p.queries = 900;  // The decoder: the copy would cost more than it saves.
   ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_FALSE(plan.forward.head_major);
+  // The measured threshold (bench_q_sweep.py): 3 corner reads per key of each head, here
+  // Q * 16 * 4 >= 3 * 20197, Q >= 947.
+  p.queries = 947;
+  ASSERT_TRUE(Forward(p, Threads(1), &plan));
+  EXPECT_TRUE(plan.forward.head_major);
+  ASSERT_TRUE(Backward(p, Options(1, true), GradientSet{}, &plan, true));
+  EXPECT_TRUE(plan.backward.by_head && plan.backward.interleaved_rows);
+  p.queries = 946;
+  ASSERT_TRUE(Forward(p, Threads(1), &plan));
+  EXPECT_FALSE(plan.forward.head_major);
+  ASSERT_TRUE(Backward(p, Options(1, true), GradientSet{}, &plan, true));
+  EXPECT_FALSE(plan.backward.interleaved_rows);
+  Machine always = Threads(1);  // MSDA_HEAD_MAJOR=always: the copy whatever the rule says.
+  always.options.head_major_always = true;
+  ASSERT_TRUE(Forward(p, always, &plan));
+  EXPECT_TRUE(plan.forward.head_major);
+  always.options.head_major_copy = false;  // Off wins.
+  ASSERT_TRUE(Forward(p, always, &plan));
+  EXPECT_FALSE(plan.forward.head_major);
+  p = Encoder();
   p = Encoder();
   p.heads = 1;  // Nothing to transpose.
   ASSERT_TRUE(Forward(p, Threads(2), &plan));
