@@ -1,8 +1,10 @@
 """PyTorch API: the custom ops ``msda::ms_deform_attn`` and ``msda::ms_deform_attn_backward``.
 
-Both are ``torch.library.custom_op``s with fake (meta) implementations, so they work under
-``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.library.opcheck``; the forward
-has an autograd formula that calls the backward op for just the gradients that are needed.
+Both are defined on a ``torch.library.Library`` with kernels per dispatch key and fake (meta)
+implementations, so they work under ``torch.compile(fullgraph=True)``, ``torch.export`` and
+``torch.library.opcheck``; the forward has an autograd formula that calls the backward op for
+just the gradients that are needed. Plain eager calls on CPU tensors go straight to the same
+kernels without the dispatcher (the direct path, below), which halves a small call's cost.
 
 Autocast (CPU): inside ``torch.autocast("cpu", dtype=...)`` value and attention_weights are
 cast to the autocast dtype and sampling_locations to float32 (the kernel samples with fp32
@@ -18,28 +20,6 @@ from . import _C, _common
 from ._common import ARGUMENT_NAMES, check_counts_per_level, check_variant, level_start_index, output_shape
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_backward", "level_start_index"]
-
-
-def _check_cpu(name: str, t: Tensor) -> None:
-    if t.device.type != "cpu":
-        raise ValueError(
-            f"{name}: must be a CPU tensor on this path (a call runs on msda's C++ core when "
-            f"value is a CPU tensor, on its Triton kernels when it is a CUDA one), got device "
-            f"{t.device}"
-        )
-
-
-def _check_same_device(names, tensors) -> None:
-    """Every tensor on value's device. A meta tensor among CPU ones would otherwise send the
-    call to the fake implementation, which returns uninitialised memory."""
-    device = tensors[0].device
-    for name, t in zip(names, tensors):
-        # On a GPU the level table may stay on the host (the Triton path copies it over).
-        host_table = name in ("spatial_shapes", "level_start_index") and t.device.type == "cpu"
-        if t.device != device and not (device.type == "cuda" and host_table):
-            raise ValueError(
-                f"{name}: must be on the same device as value ({device}), got {t.device}"
-            )
 
 
 # The ops are defined on a torch.library.Library with Python kernels per dispatch key (CPU,
@@ -88,6 +68,17 @@ def _capsules(names, tensors):
         return out
 
 
+_STRIDED = torch.strided
+
+
+def _plain_cpu(tensors) -> bool:
+    """Whether every tensor is a plain (no subclass) dense CPU tensor."""
+    for t in tensors:
+        if type(t) is not Tensor or not t.is_cpu or t.layout is not _STRIDED:
+            return False
+    return True
+
+
 def _check_cpu(names, tensors) -> None:
     for name, t in zip(names, tensors):
         if t.device.type != "cpu":
@@ -121,15 +112,23 @@ def _variant(num_points_list, method, spatial_shapes):
 
 
 _BACKWARD_NAMES = ARGUMENT_NAMES + ("grad_output",)
+_FORWARD_CAPSULE_NAMES = ARGUMENT_NAMES + ("output",)
+_GRADIENT_NAMES = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
 
 
 def _forward_cpu(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                  num_points_list=None, method="default"):
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    _check_cpu(ARGUMENT_NAMES, tensors)
-    counts, discrete = _variant(num_points_list, method, spatial_shapes)
-    out = torch.empty(output_shape(value, sampling_locations, counts), dtype=value.dtype)
-    _C.forward(*_capsules(ARGUMENT_NAMES + ("output",), tensors + (out,)),
+    if not _plain_cpu(tensors):  # Subclasses answer through .device.
+        _check_cpu(ARGUMENT_NAMES, tensors)
+    return _forward_run(tensors, *_variant(num_points_list, method, spatial_shapes))
+
+
+def _forward_run(tensors, counts, discrete):
+    """The CPU kernel's work, on the five inputs known to be CPU tensors."""
+    value, sampling_locations = tensors[0], tensors[3]
+    out = value.new_empty(output_shape(value, sampling_locations, counts))
+    _C.forward(*_capsules(_FORWARD_CAPSULE_NAMES, tensors + (out,)),
                torch.get_num_threads(), counts, discrete)
     return out
 
@@ -144,16 +143,23 @@ def _forward_fake(value, spatial_shapes, level_start_index, sampling_locations, 
     return value.new_empty(output_shape(value, sampling_locations, counts))
 
 
-def _empty(like: Tensor) -> Tensor:
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
-
-
 def _gradient_buffers(value, sampling_locations, attention_weights, needs):
-    """The backward op's three outputs: full-size where needed, empty where skipped."""
+    """The backward op's three outputs: full-size where needed, empty where skipped.
+
+    Full-size buffers are dense row-major whatever the input's strides (the C API writes any
+    strides, and the autograd engine copies a gradient whose strides do not suit it).
+    """
+    if needs[0] and needs[1] and needs[2]:  # The common case, without the loop.
+        return (torch.empty_like(value, memory_format=_CONTIGUOUS),
+                torch.empty_like(sampling_locations, memory_format=_CONTIGUOUS),
+                torch.empty_like(attention_weights, memory_format=_CONTIGUOUS))
     return tuple(
-        _empty(like) if need else like.new_empty(0)
+        torch.empty_like(like, memory_format=_CONTIGUOUS) if need else like.new_empty(0)
         for like, need in zip((value, sampling_locations, attention_weights), needs)
     )
+
+
+_CONTIGUOUS = torch.contiguous_format
 
 
 def _backward_cpu(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
@@ -161,17 +167,28 @@ def _backward_cpu(grad_output, value, spatial_shapes, level_start_index, samplin
                   num_points_list=None, method="default"):
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                grad_output)
-    _check_cpu(_BACKWARD_NAMES, tensors)
-    counts, discrete = _variant(num_points_list, method, spatial_shapes)
+    if not _plain_cpu(tensors):  # Subclasses answer through .device.
+        _check_cpu(_BACKWARD_NAMES, tensors)
+    return _backward_run(tensors, (need_value, need_locations, need_weights),
+                         *_variant(num_points_list, method, spatial_shapes))
+
+
+def _backward_run(tensors, needs, counts, discrete):
+    """The backward CPU kernel's work, on the five inputs and grad_output (in that order)
+    known to be CPU tensors."""
+    value, sampling_locations, attention_weights = tensors[0], tensors[3], tensors[4]
     output_shape(value, sampling_locations, counts)
-    needs = (need_value, need_locations, need_weights)
     grads = _gradient_buffers(value, sampling_locations, attention_weights, needs)
-    if need_value or need_locations or need_weights:
-        names = _BACKWARD_NAMES + ("grad_value", "grad_sampling_locations",
-                                   "grad_attention_weights")
+    need_value, need_locations, need_weights = needs
+    if need_value and need_locations and need_weights:
+        capsules = _capsules(_BACKWARD_NAMES + _GRADIENT_NAMES, tensors + grads)
+        _C.backward(*capsules, torch.get_num_threads(), counts, discrete)
+    elif need_value or need_locations or need_weights:
         given = [g for g, need in zip(grads, needs) if need]
-        capsules = _capsules(names[:6] + tuple(n for n, need in zip(names[6:], needs) if need),
-                             tensors + tuple(given))
+        capsules = _capsules(
+            _BACKWARD_NAMES + tuple(n for n, need in zip(_GRADIENT_NAMES, needs) if need),
+            tensors + tuple(given),
+        )
         outs = iter(capsules[6:])
         _C.backward(*capsules[:6], *(next(outs) if need else None for need in needs),
                     torch.get_num_threads(), counts, discrete)
@@ -258,15 +275,62 @@ def _register_decompositions():
 _register_decompositions()
 
 
+# The direct path. A call through the dispatcher crosses into Python once per kernel on its
+# way (the Autograd kernel, then the CPU one: about 3 us each, more than the C call of a small
+# problem). When every tensor is a plain dense CPU tensor and nothing that acts on or watches
+# op calls is on, the dispatcher could only end in the CPU kernels below, so the wrapper, the
+# autograd.Function and its backward call them directly. Anything else takes the dispatcher:
+# tensor subclasses (FakeTensor, FunctionalTensor, Parameter, DTensor), torch.compile /
+# export / make_fx / opcheck (through those subclasses or their modes), torch dispatch and
+# function modes, functorch transforms (vmap, grad), torch.jit.trace, the profiler (which
+# records the op by name) and autocast. tests/python/test_small_calls.py checks each.
+_is_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_functorch_active = torch._C._are_functorch_transforms_active
+_tracing = torch._C._get_tracing_state
+_profiling = torch._C._autograd._profiler_enabled
+_autocast = torch.is_autocast_enabled
+
+
+def _unobserved() -> bool:
+    return not (_is_compiling() or _dispatch_modes() or _function_modes() or _functorch_active()
+                or _tracing() is not None or _profiling() or _autocast("cpu"))
+
+
+def _direct(tensors) -> bool:
+    """Whether a call on these tensors may skip the dispatcher (see above)."""
+    return _plain_cpu(tensors) and _unobserved()
+
+
 # Autograd: the forward's Autograd kernel records an autograd.Function only when a gradient
 # can flow; otherwise it goes straight to the kernel below (one Python layer per call).
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
+# torch.autograd.Function.apply binds the arguments to forward's signature with inspect on
+# every call when setup_context is defined (about half the cost of a small call with a
+# gradient). The Autograd kernel always passes all seven arguments positionally, so outside
+# functorch transforms the node is made by the C apply that Function.apply ends in; inside
+# them (grad, vjp, ...) Function.apply's own path runs. Functorch wrappers of a finished
+# transform, which Function.apply unwraps, are unwrapped by the dispatcher before this kernel.
+_base_apply = vars(torch._C._FunctionBase).get("apply")
+
+
 class _MsDeformAttnFunction(torch.autograd.Function):
+    @classmethod
+    def apply(cls, *args):  # Positional arguments only (see above).
+        if _base_apply is None or _functorch_active():
+            return super().apply(*args)
+        return _base_apply.__get__(None, cls)(*args)
+
     @staticmethod
     def forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                 num_points_list, method):
+        tensors = (value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights)
+        if _direct(tensors):
+            return _forward_run(tensors, *_variant(num_points_list, method, spatial_shapes))
         with _below_autograd():
             return _forward_op(value, spatial_shapes, level_start_index, sampling_locations,
                                attention_weights, num_points_list, method)
@@ -287,19 +351,22 @@ class _MsDeformAttnFunction(torch.autograd.Function):
             return None, None, None, None, None, None, None
         if grad_output.dtype != value.dtype:
             grad_output = grad_output.to(value.dtype)
-        grad_value, grad_locations, grad_weights = _backward_op(
-            grad_output,
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attention_weights,
-            need_value,
-            need_locations,
-            need_weights,
-            ctx.num_points_list,
-            ctx.method,
-        )
+        needs = (need_value, need_locations, need_weights)
+        tensors = (value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, grad_output)
+        if torch.is_grad_enabled():  # create_graph: through the autograd fallback, as ever.
+            grads = _backward_op(grad_output, *tensors[:5], *needs, ctx.num_points_list,
+                                 ctx.method)
+        elif _direct(tensors):
+            grads = _backward_run(tensors, needs,
+                                  *_variant(ctx.num_points_list, ctx.method, spatial_shapes))
+        else:
+            # What the backward op's autograd fallback does when grad mode is off, without
+            # its boxed pass over the arguments (a third of the op's dispatch cost).
+            with _below_autograd():
+                grads = _backward_op(grad_output, *tensors[:5], *needs, ctx.num_points_list,
+                                     ctx.method)
+        grad_value, grad_locations, grad_weights = grads
         return (
             grad_value if need_value else None,
             None,
@@ -311,11 +378,15 @@ class _MsDeformAttnFunction(torch.autograd.Function):
         )
 
 
+def _needs_graph(value, sampling_locations, attention_weights) -> bool:
+    return torch.is_grad_enabled() and (
+        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
+    )
+
+
 def _forward_autograd(value, spatial_shapes, level_start_index, sampling_locations,
                       attention_weights, num_points_list=None, method="default"):
-    if torch.is_grad_enabled() and (
-        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
-    ):
+    if _needs_graph(value, sampling_locations, attention_weights):
         return _MsDeformAttnFunction.apply(value, spatial_shapes, level_start_index,
                                            sampling_locations, attention_weights,
                                            num_points_list, method)
@@ -380,19 +451,42 @@ def _check_tensor(name: str, t) -> None:
         )
 
 
-_STRIDED = torch.strided
-
-
-def _check_tensors(names, tensors) -> None:
-    # The common case first: every argument a dense CPU tensor (subclasses, FakeTensor among
-    # them, take the full check).
-    for t in tensors:
-        if type(t) is not Tensor or not t.is_cpu or t.layout is not _STRIDED:
-            break
-    else:
-        return
+def _check_tensors(names, tensors) -> bool:
+    """Raises naming the first argument that is no tensor msda takes; returns whether all
+    are plain dense CPU tensors (the common case, checked first: subclasses, FakeTensor among
+    them, take the full check)."""
+    if _plain_cpu(tensors):
+        return True
     for name, t in zip(names, tensors):
         _check_tensor(name, t)
+    return False
+
+
+# level_start_index computed from spatial_shapes, for eager CPU calls, by the rows' values:
+# reading an [L, 2] table costs a tenth of the three tensor ops that compute the prefix sums.
+# Keyed on values, never on the tensor's identity (a freed tensor's id, address and version
+# come back with other contents). The tensors here are never handed to the caller, and the op
+# does not write to its inputs.
+_LEVEL_STARTS = {}
+_LEVEL_STARTS_MAX = 64
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def _level_start_index(spatial_shapes: Tensor) -> Tensor:
+    if not (type(spatial_shapes) is Tensor and spatial_shapes.is_cpu
+            and spatial_shapes.dtype in _INDEX_DTYPES and spatial_shapes.ndim == 2
+            and _unobserved()):
+        return _common.level_start_index(spatial_shapes)  # Traceable; checks the shape.
+    key = tuple(map(tuple, spatial_shapes.tolist()))
+    starts = _LEVEL_STARTS.get(key)
+    if starts is None:
+        starts = _common.level_start_index(spatial_shapes)
+        # An inference tensor could not be saved for backward by a later call.
+        if not torch.is_inference_mode_enabled():
+            if len(_LEVEL_STARTS) >= _LEVEL_STARTS_MAX:
+                _LEVEL_STARTS.clear()
+            _LEVEL_STARTS[key] = starts
+    return starts
 
 
 def ms_deform_attn(
@@ -428,15 +522,23 @@ def ms_deform_attn(
     if type(spatial_shapes) is not Tensor:
         spatial_shapes = _index_tensor("spatial_shapes", spatial_shapes)
     if level_start_index is None:
-        level_start_index = _common.level_start_index(spatial_shapes)
+        level_start_index = _level_start_index(spatial_shapes)
     elif type(level_start_index) is not Tensor:
         level_start_index = _index_tensor("level_start_index", level_start_index)
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    _check_tensors(ARGUMENT_NAMES, tensors)
+    direct = _check_tensors(ARGUMENT_NAMES, tensors) and _unobserved()
     if num_points_list is None and method == "default":  # The original op's call, as exported.
-        return _forward_op(*tensors)
-    counts, _ = check_variant(num_points_list, method)
-    return _forward_op(*tensors, counts, method)
+        if not direct:
+            return _forward_op(*tensors)
+        counts = None
+    else:
+        counts, _ = check_variant(num_points_list, method)
+        if not direct:
+            return _forward_op(*tensors, counts, method)
+    # What the op's Autograd kernel and CPU kernel would do, without the dispatcher.
+    if _needs_graph(value, sampling_locations, attention_weights):
+        return _MsDeformAttnFunction.apply(*tensors, counts, method)
+    return _forward_run(tensors, *_variant(counts, method, spatial_shapes))
 
 
 
