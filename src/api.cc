@@ -260,4 +260,10 @@ msdaStatus msdaSetNumThreads(int32_t numThreads) {
 
 int32_t msdaGetNumThreads(void) { return msda::ResolveNumThreads(); }
 
+msdaStatus msdaSetParallelRunner(msdaParallelRunner runner, void* user) {
+  msda::ClearError();
+  msda::SetThreadLocalRunner(runner, user);
+  return MSDA_SUCCESS;
+}
+
 }  // extern "C"

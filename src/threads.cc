@@ -161,6 +161,37 @@ class Pool {
 };
 
 thread_local int tls_num_threads = 0;
+thread_local msdaParallelRunner tls_runner = nullptr;
+thread_local void* tls_runner_user = nullptr;
+
+// One ParallelFor section on a caller's runner (msdaSetParallelRunner). The runner's join
+// orders the calls' writes before its return, so the counter only hands out tasks.
+struct RunnerJob {
+  const std::function<void(int64_t, int)>* fn;
+  int64_t num_tasks;
+  int num_threads;
+  std::atomic<int64_t> next_task{0};
+
+  static void Work(void* context, int32_t thread_index) {
+    auto* job = static_cast<RunnerJob*>(context);
+    // An index outside the plan's range would share another thread's scratch: such a call
+    // takes no task (the caller runs what is left).
+    if (thread_index < 0 || thread_index >= job->num_threads) return;
+    for (;;) {
+      const int64_t task = job->next_task.fetch_add(1, std::memory_order_relaxed);
+      if (task >= job->num_tasks) return;
+      (*job->fn)(task, thread_index);
+    }
+  }
+};
+
+void RunOnRunner(int num_threads, int64_t num_tasks, const std::function<void(int64_t, int)>& fn) {
+  RunnerJob job{&fn, num_tasks, num_threads};
+  tls_runner(&RunnerJob::Work, &job, num_threads, tls_runner_user);
+  // Whatever the runner left undone (it made no call, or only calls with bad indices), on
+  // the caller: every work call has returned, so index 0 is free.
+  RunnerJob::Work(&job, 0);
+}
 
 int ClampThreads(long n) { return static_cast<int>(std::min<long>(n, kMaxNumThreads)); }
 
@@ -172,6 +203,10 @@ void ParallelFor(int num_threads, int64_t num_tasks,
   if (num_threads > num_tasks) num_threads = static_cast<int>(num_tasks);
   if (num_threads <= 1) {
     for (int64_t t = 0; t < num_tasks; ++t) fn(t, 0);
+    return;
+  }
+  if (tls_runner != nullptr) {
+    RunOnRunner(num_threads, num_tasks, fn);
     return;
   }
   Pool::Get().Run(num_threads, num_tasks, fn);
@@ -188,6 +223,10 @@ int ResolveNumThreads() {
 }
 
 void SetThreadLocalNumThreads(int num_threads) { tls_num_threads = num_threads; }
+void SetThreadLocalRunner(msdaParallelRunner runner, void* user) {
+  tls_runner = runner;
+  tls_runner_user = user;
+}
 int PoolWorkers() { return Pool::Get().LiveWorkers(); }
 int ThreadLocalNumThreads() { return tls_num_threads; }
 

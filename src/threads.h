@@ -40,6 +40,10 @@ int ThreadLocalNumThreads();
 // The pool's workers alive now (the caller threads not counted).
 int PoolWorkers();
 
+// msdaSetParallelRunner: ParallelFor on this thread hands its sections to runner (null: the
+// pool).
+void SetThreadLocalRunner(msdaParallelRunner runner, void* user);
+
 }  // namespace msda
 
 #endif  // MSDA_SRC_THREADS_H_

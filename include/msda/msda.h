@@ -203,6 +203,21 @@ MSDA_API msdaStatus msdaSetNumThreads(int32_t numThreads);
 /* The thread count the next GetWorkspaceSize call on this thread will plan for. */
 MSDA_API int32_t msdaGetNumThreads(void);
 
+/* A parallel runner: a run call hands each of its parallel sections to it instead of msda's
+ * own pool, so that msda runs on the threads of the host's runtime (an OpenMP team, a task
+ * system) rather than beside them, competing for the same cores. The runner must call
+ * work(context, i) one or more times in all, each call with a distinct i in [0, numThreads)
+ * (at most one call per i: i picks per-thread scratch), possibly concurrently, and return only
+ * after every call has returned, with their writes visible to the caller. msda hands its tasks
+ * out dynamically among the calls, so any number of calls gives the same result; tasks no
+ * call took run on the calling thread after the runner returns. user is passed back. */
+typedef void (*msdaParallelWork)(void* context, int32_t threadIndex);
+typedef void (*msdaParallelRunner)(msdaParallelWork work, void* context, int32_t numThreads,
+                                   void* user);
+/* Sets the runner for run calls made on the calling thread; NULL (the default) restores
+ * msda's own pool. Sections planned for one thread run on the caller without the runner. */
+MSDA_API msdaStatus msdaSetParallelRunner(msdaParallelRunner runner, void* user);
+
 /* Writes a human-readable description of the executor's plan (tiles, threads, workspace
  * layout) into buffer (NUL-terminated, truncated to bufferSize). Returns the length the full
  * text needs, excluding the NUL, or -1 for a NULL or released executor. For debugging. */

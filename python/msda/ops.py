@@ -111,6 +111,12 @@ def _variant(num_points_list, method, spatial_shapes):
     return counts, discrete
 
 
+# Where PyTorch's intra-op threads are an OpenMP team (its CPU builds on Linux), msda runs its
+# parallel sections on that team instead of its own pool (the extension finds the runtime:
+# _C.openmp_runtime()). Right after a parallel op the team's threads spin waiting for more
+# work; threads of msda's own pool would then share their cores with them.
+_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
 _BACKWARD_NAMES = ARGUMENT_NAMES + ("grad_output",)
 _FORWARD_CAPSULE_NAMES = ARGUMENT_NAMES + ("output",)
 _GRADIENT_NAMES = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
@@ -129,7 +135,7 @@ def _forward_run(tensors, counts, discrete):
     value, sampling_locations = tensors[0], tensors[3]
     out = value.new_empty(output_shape(value, sampling_locations, counts))
     _C.forward(*_capsules(_FORWARD_CAPSULE_NAMES, tensors + (out,)),
-               torch.get_num_threads(), counts, discrete)
+               torch.get_num_threads(), counts, discrete, _OPENMP)
     return out
 
 
@@ -182,7 +188,7 @@ def _backward_run(tensors, needs, counts, discrete):
     need_value, need_locations, need_weights = needs
     if need_value and need_locations and need_weights:
         capsules = _capsules(_BACKWARD_NAMES + _GRADIENT_NAMES, tensors + grads)
-        _C.backward(*capsules, torch.get_num_threads(), counts, discrete)
+        _C.backward(*capsules, torch.get_num_threads(), counts, discrete, _OPENMP)
     elif need_value or need_locations or need_weights:
         given = [g for g, need in zip(grads, needs) if need]
         capsules = _capsules(
@@ -191,7 +197,7 @@ def _backward_run(tensors, needs, counts, discrete):
         )
         outs = iter(capsules[6:])
         _C.backward(*capsules[:6], *(next(outs) if need else None for need in needs),
-                    torch.get_num_threads(), counts, discrete)
+                    torch.get_num_threads(), counts, discrete, _OPENMP)
     return grads
 
 

@@ -7,10 +7,18 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#if defined(__linux__)
+#include <dlfcn.h>
+#include <link.h>
+#endif
+
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <optional>
@@ -180,6 +188,99 @@ TensorPtr MakeTensor(const char* name, const Array& a) {
   return TensorPtr(t);
 }
 
+// The OpenMP runtime already loaded into the process (PyTorch's, whose intra-op threads are an
+// OpenMP team), found by its GNU entry points, which libgomp, LLVM's libomp and Intel's
+// libiomp5 all export. Running msda's parallel sections on that team instead of msda's own
+// pool keeps the two from competing for the cores: after each parallel op the team's threads
+// spin for a while, and a pool thread woken next to one gets a fraction of its core (a 2-ms
+// call then ran no faster on 2 threads than on 1). Linux only; elsewhere msda's pool.
+struct OpenMP {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+  std::string path;
+};
+
+#if defined(__linux__)
+int CollectOpenMP(dl_phdr_info* info, size_t, void* data) {
+  const char* name = info->dlpi_name;
+  if (name != nullptr &&
+      (std::strstr(name, "libgomp") != nullptr || std::strstr(name, "libiomp") != nullptr ||
+       std::strstr(name, "libomp") != nullptr)) {
+    static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+  }
+  return 0;
+}
+#endif
+
+// Looked up once, at the first call that asks for it (torch is imported by then). With
+// several runtimes loaded, PyTorch's own (under torch/) is preferred.
+const OpenMP& LoadedOpenMP() {
+  static const OpenMP found = [] {
+    OpenMP omp;
+#if defined(__linux__)
+    std::vector<std::string> names;
+    dl_iterate_phdr(&CollectOpenMP, &names);
+    std::stable_sort(names.begin(), names.end(), [](const std::string& a, const std::string& b) {
+      return (a.find("/torch/") != std::string::npos) > (b.find("/torch/") != std::string::npos);
+    });
+    for (const std::string& name : names) {
+      void* handle = dlopen(name.c_str(), RTLD_LAZY | RTLD_NOLOAD);  // Never loads one.
+      if (handle == nullptr) continue;
+      auto parallel = reinterpret_cast<decltype(omp.parallel)>(dlsym(handle, "GOMP_parallel"));
+      auto thread_num =
+          reinterpret_cast<decltype(omp.thread_num)>(dlsym(handle, "omp_get_thread_num"));
+      if (parallel != nullptr && thread_num != nullptr) {
+        omp.parallel = parallel;
+        omp.thread_num = thread_num;
+        omp.path = name;
+        break;  // The handle stays open: the runtime is in use for the process's life.
+      }
+      dlclose(handle);
+    }
+#endif
+    return omp;
+  }();
+  return found;
+}
+
+struct OpenMPSection {
+  msdaParallelWork work;
+  void* context;
+  int (*thread_num)();
+};
+
+// msdaParallelRunner on the OpenMP team: each team member (the caller is member 0) runs
+// work with its member number; GOMP_parallel returns after the team's closing barrier.
+void OpenMPRunner(msdaParallelWork work, void* context, int32_t num_threads, void* user) {
+  const OpenMP& omp = *static_cast<const OpenMP*>(user);
+  OpenMPSection section{work, context, omp.thread_num};
+  omp.parallel(
+      [](void* data) {
+        const auto* s = static_cast<const OpenMPSection*>(data);
+        s->work(s->context, s->thread_num());
+      },
+      &section, static_cast<unsigned>(num_threads), 0);
+}
+
+// Sets the calling thread's runner for the scope of one call.
+class RunnerScope {
+ public:
+  explicit RunnerScope(bool openmp) {
+    if (!openmp) return;  // Not looked up before a call asks: torch may be imported later.
+    const OpenMP& omp = LoadedOpenMP();
+    active_ = omp.parallel != nullptr;
+    if (active_) msdaSetParallelRunner(&OpenMPRunner, const_cast<OpenMP*>(&omp));
+  }
+  ~RunnerScope() {
+    if (active_) msdaSetParallelRunner(nullptr, nullptr);
+  }
+  RunnerScope(const RunnerScope&) = delete;
+  RunnerScope& operator=(const RunnerScope&) = delete;
+
+ private:
+  bool active_ = false;
+};
+
 // The workspace of the calling thread, kept between calls and grown when a call needs more:
 // a fresh multi-MB allocation per call costs more in page faults than a small backward
 // itself (about 10 ms for the decoder shape). Each Python thread that calls msda keeps its
@@ -204,11 +305,13 @@ void* ThreadWorkspace(uint64_t bytes) {
 // thread's workspace, run. The run call releases the executor (it is not repeatable),
 // whatever the outcome. Raises the status as a Python exception.
 template <typename PlanFn>
-void PlanAndRun(PlanFn plan, msdaStatus (*run)(void*, uint64_t, msdaExecutor*, msdaStream)) {
+void PlanAndRun(PlanFn plan, msdaStatus (*run)(void*, uint64_t, msdaExecutor*, msdaStream),
+                bool openmp) {
   msdaStatus status;
   std::string error;
   {
     nb::gil_scoped_release release;
+    const RunnerScope runner(openmp);
     uint64_t bytes = 0;
     msdaExecutor* raw = nullptr;
     status = plan(&bytes, &raw);
@@ -252,7 +355,8 @@ msdaOptions MakeOptions(const PointCounts& num_points_list, bool discrete) {
 
 void Forward(nb::handle value, nb::handle spatial_shapes, nb::handle level_start_index,
              nb::handle sampling_locations, nb::handle attention_weights, nb::handle output,
-             nb::handle num_threads, const PointCounts& num_points_list, bool discrete) {
+             nb::handle num_threads, const PointCounts& num_points_list, bool discrete,
+             bool openmp) {
   const TensorPtr v = MakeTensor("value", Input("value", value));
   const TensorPtr ss = MakeTensor("spatial_shapes", Input("spatial_shapes", spatial_shapes));
   const TensorPtr lsi =
@@ -270,14 +374,14 @@ void Forward(nb::handle value, nb::handle spatial_shapes, nb::handle level_start
         return msdaForwardGetWorkspaceSizeEx(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
                                              out.get(), &options, bytes, executor);
       },
-      msdaForward);
+      msdaForward, openmp);
 }
 
 void Backward(nb::handle value, nb::handle spatial_shapes, nb::handle level_start_index,
               nb::handle sampling_locations, nb::handle attention_weights, nb::handle grad_output,
               nb::handle grad_value, nb::handle grad_sampling_locations,
               nb::handle grad_attention_weights, nb::handle num_threads,
-              const PointCounts& num_points_list, bool discrete) {
+              const PointCounts& num_points_list, bool discrete, bool openmp) {
   const TensorPtr v = MakeTensor("value", Input("value", value));
   const TensorPtr ss = MakeTensor("spatial_shapes", Input("spatial_shapes", spatial_shapes));
   const TensorPtr lsi =
@@ -305,7 +409,7 @@ void Backward(nb::handle value, nb::handle spatial_shapes, nb::handle level_star
                                               g.get(), gv.get(), gl.get(), ga.get(), &options,
                                               bytes, executor);
       },
-      msdaBackward);
+      msdaBackward, openmp);
 }
 
 }  // namespace
@@ -317,17 +421,29 @@ NB_MODULE(_C, m) {
 
   m.def("forward", &Forward, "value"_a, "spatial_shapes"_a, "level_start_index"_a,
         "sampling_locations"_a, "attention_weights"_a, "output"_a, "num_threads"_a = 0,
-        "num_points_list"_a = nb::none(), "discrete"_a = false,
+        "num_points_list"_a = nb::none(), "discrete"_a = false, "openmp"_a = false,
         "Writes the forward result into `output` ([B, Q, H*D], value's dtype). num_threads = 0 "
         "uses msda's default (MSDA_NUM_THREADS, else every hardware thread). num_points_list "
-        "(per-level point counts, flat point layout) and discrete are the msdaOptions.");
+        "(per-level point counts, flat point layout) and discrete are the msdaOptions. openmp: "
+        "run on the threads of the OpenMP runtime loaded in the process (PyTorch's) instead of "
+        "msda's pool, where one is found (openmp_runtime()).");
 
   m.def("backward", &Backward, "value"_a, "spatial_shapes"_a, "level_start_index"_a,
         "sampling_locations"_a, "attention_weights"_a, "grad_output"_a, "grad_value"_a.none(),
         "grad_sampling_locations"_a.none(), "grad_attention_weights"_a.none(), "num_threads"_a = 0,
-        "num_points_list"_a = nb::none(), "discrete"_a = false,
+        "num_points_list"_a = nb::none(), "discrete"_a = false, "openmp"_a = false,
         "Writes the requested gradients (None skips one) in place; they are overwritten, not "
-        "accumulated.");
+        "accumulated. openmp as for forward.");
+
+  m.def(
+      "openmp_runtime",
+      []() -> std::optional<std::string> {
+        const OpenMP& omp = LoadedOpenMP();
+        if (omp.parallel == nullptr) return std::nullopt;
+        return omp.path;
+      },
+      "The path of the OpenMP runtime that openmp=True calls run on (PyTorch's), or None if no "
+      "runtime with GOMP_parallel is loaded (then msda's own pool runs them).");
 
   m.def("version", &msdaGetVersion,
         "The msda library version, encoded as major*10000 + minor*100 + patch.");

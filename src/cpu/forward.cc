@@ -140,10 +140,10 @@ struct ForwardKernel : KernelContext {
     const int64_t stride = (p.TotalPoints() + 63) / 64 * 64;
     int32_t* rows = reinterpret_cast<int32_t*>(scratch + s.corner_rows_by_corner);
     float* by_corner = reinterpret_cast<float*>(scratch + s.corner_weights_by_corner);
-    PointCorners(p, *levels,
-                 PointLocations(loc, p.TotalPoints(),
-                                reinterpret_cast<float*>(scratch + s.point_locations)),
-                 rows, by_corner, stride, nullptr, nullptr);
+    PointCorners(
+        p, *levels,
+        PointLocations(loc, p.TotalPoints(), reinterpret_cast<float*>(scratch + s.point_locations)),
+        rows, by_corner, stride, nullptr, nullptr);
     // Fold the attention weights into the corner weights.
     const hn::ScalableTag<float> d;
     const int64_t n = static_cast<int64_t>(hn::Lanes(d));

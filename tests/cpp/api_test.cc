@@ -7,6 +7,7 @@
 #include <dirent.h>
 #endif
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -433,6 +434,7 @@ class Pool : public ::testing::Test {
   void TearDown() override {
     msdaTestingSetPoolOptions(-1, -1);
     msdaSetNumThreads(0);
+    msdaSetParallelRunner(nullptr, nullptr);
   }
   // Waits up to 10 s for the idle workers to exit.
   static bool WorkersExit() {
@@ -507,6 +509,67 @@ TEST_F(Pool, RefusedThreadCreationFallsBackToTheCaller) {
   t.TestForward();
   t.TestBackward();
   EXPECT_LE(msdaTestingPoolWorkers(), 2);
+}
+
+// Parallel runners (msdaSetParallelRunner) and what they saw.
+struct RunnerLog {
+  std::atomic<int> sections{0};
+  std::atomic<int> calls{0};
+  std::atomic<int> num_threads{0};
+};
+
+// The contract's full form: work on numThreads threads, index i on the i-th.
+void ThreadsRunner(msdaParallelWork work, void* context, int32_t n, void* user) {
+  auto* log = static_cast<RunnerLog*>(user);
+  ++log->sections;
+  log->num_threads = n;
+  std::vector<std::thread> threads;
+  for (int32_t i = 1; i < n; ++i) threads.emplace_back([=] { work(context, i); });
+  work(context, 0);
+  for (std::thread& t : threads) t.join();
+  log->calls += n;
+}
+
+// One call, on the last index only: every task on it.
+void OneCallRunner(msdaParallelWork work, void* context, int32_t n, void* user) {
+  ++static_cast<RunnerLog*>(user)->sections;
+  work(context, n - 1);
+}
+
+// Calls outside [0, numThreads) and none inside: msda runs every task on the caller.
+void BadIndexRunner(msdaParallelWork work, void* context, int32_t n, void* user) {
+  ++static_cast<RunnerLog*>(user)->sections;
+  work(context, -1);
+  work(context, n);
+}
+
+TEST_F(Pool, ParallelRunnerRunsEverySection) {
+  msdaTestingSetPoolOptions(1, -1);
+  ASSERT_TRUE(WorkersExit());
+  for (msdaParallelRunner runner : {&ThreadsRunner, &OneCallRunner, &BadIndexRunner}) {
+    RunnerLog log;
+    ASSERT_EQ(msdaSetParallelRunner(runner, &log), MSDA_SUCCESS);
+    MsdaTester t = ManyTasks(3);
+    t.TestForward();
+    t.TestBackward();
+    EXPECT_GT(log.sections.load(), 0);
+    if (runner == &ThreadsRunner) {
+      EXPECT_EQ(log.num_threads.load(), 3);
+    }
+    EXPECT_EQ(msdaTestingPoolWorkers(), 0);  // msda's own pool was not used.
+  }
+  // One thread: no section is handed to the runner.
+  RunnerLog log;
+  ASSERT_EQ(msdaSetParallelRunner(&ThreadsRunner, &log), MSDA_SUCCESS);
+  ManyTasks(1).TestForward();
+  EXPECT_EQ(log.sections.load(), 0);
+  // The setting is the calling thread's: another thread's calls use the pool.
+  std::thread([] { ManyTasks(3).TestForward(); }).join();
+  EXPECT_EQ(log.sections.load(), 0);
+  // NULL restores the pool.
+  ASSERT_EQ(msdaSetParallelRunner(nullptr, nullptr), MSDA_SUCCESS);
+  ManyTasks(3).TestForward();
+  EXPECT_EQ(log.sections.load(), 0);
 }
 
 TEST_F(ThreadSetting, IsThreadLocal) {
