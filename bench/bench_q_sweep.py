@@ -7,7 +7,8 @@ Deformable DETR's four levels for an 800 x 1216 image (K = 20197 keys), H=8, L=4
 float32, through msda.numpy. For each Q the forward and the backward (all three gradients)
 are timed in fresh child processes with the planner's default rules, with the head-major
 value copy turned off (MSDA_HEAD_MAJOR=0) and with the copy made whatever the rule says
-(MSDA_HEAD_MAJOR=always), alternating, median of --repeats runs after a warm-up. Two
+(MSDA_HEAD_MAJOR=always), alternating, each child the median of --repeats runs after a
+warm-up, each figure the median of --processes children. Two
 location kinds: realistic (a random reference point per query, samples a few pixels around
 it on every level) and uniform on [0, 1]^2.
 
@@ -86,6 +87,8 @@ def main():
     ap.add_argument("--queries", default=DEFAULT_QUERIES)
     ap.add_argument("--kinds", default="realistic,uniform")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--processes", type=int, default=3,
+                    help="child processes per (Q, mode); the median of their medians")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plot", help="write a PNG of ns per point against Q")
     ap.add_argument("--child-q", type=int, help=argparse.SUPPRESS)
@@ -102,12 +105,19 @@ def main():
           f"Python "
           f"{sys.version.split()[0]}, load average {load:.1f} before the run.")
     print(f"Encoder value (K=20197, H={H}, D={D}), L=4, P={P}, float32; ns per sampling point, "
-          f"median of {args.repeats}.\n")
+          f"median over {args.processes} processes of the median of {args.repeats} runs.\n")
     worst, worst_pick, curves = {}, {}, {}
     for kind in kinds:
         rows = {}
         for q in queries:
-            rows[q] = {m: run_child(q, kind, m, args.repeats, args.threads) for m in MODES}
+            # --processes children per mode, alternating: one process's page placement can
+            # make it 1.4x slower than the next on these machines.
+            runs = {m: [] for m in MODES}
+            for _ in range(args.processes):
+                for m in MODES:
+                    runs[m].append(run_child(q, kind, m, args.repeats, args.threads))
+            rows[q] = {m: {name: statistics.median(r[name] for r in runs[m])
+                           for name in ("forward", "backward")} for m in MODES}
         points = {q: H * len(LEVELS) * P * q for q in queries}
         print(f"### {kind} locations\n")
         print("| Q | pass | default ns/point | copy off ns/point | copy always ns/point | "
