@@ -306,6 +306,13 @@ bool MakeForwardPlan(const Problem& p, const Strides& st, const Machine& machine
     f.num_head_groups = p.heads;
     const int64_t blocks_per_row = CeilDiv(target_tiles, pairs);
     f.query_block = std::max<int64_t>(CeilDiv(p.queries, blocks_per_row), 256);
+    // A batch item's tiles are all one section has to share among the threads: shorter runs
+    // (down to 16 queries) where runs of 256 would leave fewer than 4 tiles a thread, as for
+    // a decoder's few hundred queries on many threads.
+    const int64_t blocks_wanted = CeilDiv(int64_t{4} * threads, p.heads);
+    if (CeilDiv(p.queries, f.query_block) < blocks_wanted) {
+      f.query_block = std::max<int64_t>(CeilDiv(p.queries, blocks_wanted), 16);
+    }
     f.copy_block_keys = kCopyBlockKeys;
     f.num_copy_blocks = CeilDiv(p.keys, f.copy_block_keys);
   } else {

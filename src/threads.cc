@@ -165,32 +165,41 @@ thread_local msdaParallelRunner tls_runner = nullptr;
 thread_local void* tls_runner_user = nullptr;
 
 // One ParallelFor section on a caller's runner (msdaSetParallelRunner). The runner's join
-// orders the calls' writes before its return, so the counter only hands out tasks.
+// orders the calls' writes before its return, so the counters only hand out tasks and
+// thread indices.
 struct RunnerJob {
   const std::function<void(int64_t, int)>* fn;
   int64_t num_tasks;
   int num_threads;
   std::atomic<int64_t> next_task{0};
+  // The scratch index of each call, in the order the calls start: distinct whatever indices
+  // the runner passes (a runner that passed one index twice would otherwise share scratch).
+  std::atomic<int> next_thread_index{0};
 
+  void Run(int thread_index) {
+    for (;;) {
+      const int64_t task = next_task.fetch_add(1, std::memory_order_relaxed);
+      if (task >= num_tasks) return;
+      (*fn)(task, thread_index);
+    }
+  }
+
+  // msdaParallelWork. A call whose index is outside [0, num_threads), or beyond the
+  // num_threads-th call, takes no task (the caller runs what is left).
   static void Work(void* context, int32_t thread_index) {
     auto* job = static_cast<RunnerJob*>(context);
-    // An index outside the plan's range would share another thread's scratch: such a call
-    // takes no task (the caller runs what is left).
     if (thread_index < 0 || thread_index >= job->num_threads) return;
-    for (;;) {
-      const int64_t task = job->next_task.fetch_add(1, std::memory_order_relaxed);
-      if (task >= job->num_tasks) return;
-      (*job->fn)(task, thread_index);
-    }
+    const int index = job->next_thread_index.fetch_add(1, std::memory_order_relaxed);
+    if (index < job->num_threads) job->Run(index);
   }
 };
 
 void RunOnRunner(int num_threads, int64_t num_tasks, const std::function<void(int64_t, int)>& fn) {
   RunnerJob job{&fn, num_tasks, num_threads};
   tls_runner(&RunnerJob::Work, &job, num_threads, tls_runner_user);
-  // Whatever the runner left undone (it made no call, or only calls with bad indices), on
-  // the caller: every work call has returned, so index 0 is free.
-  RunnerJob::Work(&job, 0);
+  // Whatever the runner left undone (it made no call, or only calls that took no task), on
+  // the caller: every work call has returned, so any scratch index is free.
+  job.Run(0);
 }
 
 int ClampThreads(long n) { return static_cast<int>(std::min<long>(n, kMaxNumThreads)); }

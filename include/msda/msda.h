@@ -205,12 +205,13 @@ MSDA_API int32_t msdaGetNumThreads(void);
 
 /* A parallel runner: a run call hands each of its parallel sections to it instead of msda's
  * own pool, so that msda runs on the threads of the host's runtime (an OpenMP team, a task
- * system) rather than beside them, competing for the same cores. The runner must call
- * work(context, i) one or more times in all, each call with a distinct i in [0, numThreads)
- * (at most one call per i: i picks per-thread scratch), possibly concurrently, and return only
- * after every call has returned, with their writes visible to the caller. msda hands its tasks
- * out dynamically among the calls, so any number of calls gives the same result; tasks no
- * call took run on the calling thread after the runner returns. user is passed back. */
+ * system) rather than beside them, competing for the same cores. The runner calls
+ * work(context, i) on up to numThreads threads, each with a distinct i in [0, numThreads),
+ * possibly concurrently, and returns only after every call has returned, with their writes
+ * visible to the caller. msda hands its tasks out dynamically among the calls, so any number of
+ * calls gives the same result; calls with i out of range or past the numThreads-th take no
+ * task, and tasks no call took run on the calling thread after the runner returns. work does
+ * not throw; the runner must not throw or return early. user is passed back unchanged. */
 typedef void (*msdaParallelWork)(void* context, int32_t threadIndex);
 typedef void (*msdaParallelRunner)(msdaParallelWork work, void* context, int32_t numThreads,
                                    void* user);

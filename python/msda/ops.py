@@ -72,9 +72,12 @@ _STRIDED = torch.strided
 
 
 def _plain_cpu(tensors) -> bool:
-    """Whether every tensor is a plain (no subclass) dense CPU tensor."""
+    """Whether every tensor is a plain (no subclass) dense CPU tensor whose data DLPack can
+    hand over as it is: a negative-bit view (``z.conj().imag``) or a ZeroTensor is not (the
+    dispatcher's fallbacks materialise those first)."""
     for t in tensors:
-        if type(t) is not Tensor or not t.is_cpu or t.layout is not _STRIDED:
+        if (type(t) is not Tensor or not t.is_cpu or t.layout is not _STRIDED or t.is_neg()
+                or t._is_zerotensor()):
             return False
     return True
 

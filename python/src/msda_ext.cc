@@ -16,14 +16,17 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "msda/msda.h"
@@ -201,47 +204,68 @@ struct OpenMP {
 };
 
 #if defined(__linux__)
-int CollectOpenMP(dl_phdr_info* info, size_t, void* data) {
+// The loaded objects that may lead to PyTorch's OpenMP runtime: libtorch_cpu first (a lookup
+// through its handle finds the runtime it binds to, wherever the build put it: torch/lib,
+// torch.libs, a conda prefix), then OpenMP runtimes by name, PyTorch's own (under torch)
+// before others.
+int CollectCandidates(dl_phdr_info* info, size_t, void* data) {
   const char* name = info->dlpi_name;
-  if (name != nullptr &&
-      (std::strstr(name, "libgomp") != nullptr || std::strstr(name, "libiomp") != nullptr ||
-       std::strstr(name, "libomp") != nullptr)) {
-    static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+  if (name == nullptr) return 0;
+  int rank = -1;
+  if (std::strstr(name, "libtorch_cpu") != nullptr) {
+    rank = 0;
+  } else if (std::strstr(name, "libgomp") != nullptr || std::strstr(name, "libiomp") != nullptr ||
+             std::strstr(name, "libomp") != nullptr) {
+    rank = std::strstr(name, "torch") != nullptr ? 1 : 2;
+  }
+  if (rank >= 0) {
+    static_cast<std::vector<std::pair<int, std::string>>*>(data)->emplace_back(rank, name);
   }
   return 0;
 }
 #endif
 
-// Looked up once, at the first call that asks for it (torch is imported by then). With
-// several runtimes loaded, PyTorch's own (under torch/) is preferred.
-const OpenMP& LoadedOpenMP() {
-  static const OpenMP found = [] {
-    OpenMP omp;
+OpenMP FindOpenMP() {
+  OpenMP omp;
 #if defined(__linux__)
-    std::vector<std::string> names;
-    dl_iterate_phdr(&CollectOpenMP, &names);
-    std::stable_sort(names.begin(), names.end(), [](const std::string& a, const std::string& b) {
-      return (a.find("/torch/") != std::string::npos) > (b.find("/torch/") != std::string::npos);
-    });
-    for (const std::string& name : names) {
-      void* handle = dlopen(name.c_str(), RTLD_LAZY | RTLD_NOLOAD);  // Never loads one.
-      if (handle == nullptr) continue;
-      auto parallel = reinterpret_cast<decltype(omp.parallel)>(dlsym(handle, "GOMP_parallel"));
-      auto thread_num =
-          reinterpret_cast<decltype(omp.thread_num)>(dlsym(handle, "omp_get_thread_num"));
-      if (parallel != nullptr && thread_num != nullptr) {
-        omp.parallel = parallel;
-        omp.thread_num = thread_num;
-        omp.path = name;
-        break;  // The handle stays open: the runtime is in use for the process's life.
-      }
-      dlclose(handle);
+  std::vector<std::pair<int, std::string>> candidates;
+  dl_iterate_phdr(&CollectCandidates, &candidates);
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& candidate : candidates) {
+    // RTLD_NOLOAD: never loads anything. dlsym through a handle searches the object and
+    // its dependencies, so libtorch_cpu's handle gives the runtime it was linked with.
+    void* handle = dlopen(candidate.second.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    if (handle == nullptr) continue;
+    auto parallel = reinterpret_cast<decltype(omp.parallel)>(dlsym(handle, "GOMP_parallel"));
+    auto thread_num =
+        reinterpret_cast<decltype(omp.thread_num)>(dlsym(handle, "omp_get_thread_num"));
+    Dl_info info;
+    if (parallel != nullptr && thread_num != nullptr &&
+        dladdr(reinterpret_cast<void*>(parallel), &info) != 0 && info.dli_fname != nullptr) {
+      omp.parallel = parallel;
+      omp.thread_num = thread_num;
+      omp.path = info.dli_fname;
+      break;  // The handle stays open: the runtime is in use for the process's life.
     }
+    dlclose(handle);
+  }
 #endif
-    return omp;
-  }();
+  return omp;
+}
+
+// Looked up at the first call that asks for it, and again until one is found (a call made
+// before torch was imported finds none).
+const OpenMP& LoadedOpenMP() {
+  static std::mutex mutex;
+  static OpenMP found;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (found.parallel == nullptr) found = FindOpenMP();  // Never changed once found.
   return found;
 }
+
+// Sections run on the OpenMP team so far (for the tests: the path was really taken).
+std::atomic<int64_t> openmp_sections{0};
 
 struct OpenMPSection {
   msdaParallelWork work;
@@ -253,6 +277,7 @@ struct OpenMPSection {
 // work with its member number; GOMP_parallel returns after the team's closing barrier.
 void OpenMPRunner(msdaParallelWork work, void* context, int32_t num_threads, void* user) {
   const OpenMP& omp = *static_cast<const OpenMP*>(user);
+  openmp_sections.fetch_add(1, std::memory_order_relaxed);
   OpenMPSection section{work, context, omp.thread_num};
   omp.parallel(
       [](void* data) {
@@ -444,6 +469,9 @@ NB_MODULE(_C, m) {
       },
       "The path of the OpenMP runtime that openmp=True calls run on (PyTorch's), or None if no "
       "runtime with GOMP_parallel is loaded (then msda's own pool runs them).");
+  m.def(
+      "_openmp_sections", [] { return openmp_sections.load(std::memory_order_relaxed); },
+      "Parallel sections run on the OpenMP team so far (for tests).");
 
   m.def("version", &msdaGetVersion,
         "The msda library version, encoded as major*10000 + minor*100 + patch.");

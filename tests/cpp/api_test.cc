@@ -543,10 +543,22 @@ void BadIndexRunner(msdaParallelWork work, void* context, int32_t n, void* user)
   work(context, n);
 }
 
+// Index 0 on every thread, and more threads than asked for: msda still gives each call its
+// own scratch, and the calls past the numThreads-th take no task.
+void SameIndexRunner(msdaParallelWork work, void* context, int32_t n, void* user) {
+  ++static_cast<RunnerLog*>(user)->sections;
+  std::vector<std::thread> threads;
+  for (int32_t i = 0; i < n + 2; ++i) threads.emplace_back([=] { work(context, 0); });
+  for (std::thread& t : threads) t.join();
+}
+
 TEST_F(Pool, ParallelRunnerRunsEverySection) {
   msdaTestingSetPoolOptions(1, -1);
   ASSERT_TRUE(WorkersExit());
-  for (msdaParallelRunner runner : {&ThreadsRunner, &OneCallRunner, &BadIndexRunner}) {
+  // A pool worker started now would live a minute: none must be.
+  msdaTestingSetPoolOptions(60000, -1);
+  for (msdaParallelRunner runner :
+       {&ThreadsRunner, &OneCallRunner, &BadIndexRunner, &SameIndexRunner}) {
     RunnerLog log;
     ASSERT_EQ(msdaSetParallelRunner(runner, &log), MSDA_SUCCESS);
     MsdaTester t = ManyTasks(3);
@@ -558,6 +570,7 @@ TEST_F(Pool, ParallelRunnerRunsEverySection) {
     }
     EXPECT_EQ(msdaTestingPoolWorkers(), 0);  // msda's own pool was not used.
   }
+  msdaTestingSetPoolOptions(1, -1);  // The pool runs below: let its workers go at once.
   // One thread: no section is handed to the runner.
   RunnerLog log;
   ASSERT_EQ(msdaSetParallelRunner(&ThreadsRunner, &log), MSDA_SUCCESS);

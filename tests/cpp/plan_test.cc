@@ -148,6 +148,18 @@ TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
   always.options.head_major_copy = false;  // Off wins.
   ASSERT_TRUE(Forward(p, always, &plan));
   EXPECT_FALSE(plan.forward.head_major);
+  // A decoder on a smaller map (Q=300, K=5440: 3.5 reads per key) copies; on 16 threads its
+  // one section still has at least 4 tiles a thread.
+  p = Encoder();
+  p.queries = 300;
+  p.levels = {{64, 64, 0}, {32, 32, 4096}, {16, 16, 5120}, {8, 8, 5376}};
+  p.keys = 5440;
+  ASSERT_TRUE(Forward(p, Threads(16), &plan));
+  EXPECT_TRUE(plan.forward.head_major);
+  EXPECT_GE(plan.forward.tiles_per_batch(), 64);
+  EXPECT_EQ(plan.num_threads, 16);
+  ASSERT_TRUE(Forward(p, Threads(2), &plan));  // Few threads: runs of 256 as before.
+  EXPECT_EQ(plan.forward.query_block, 256);
   p = Encoder();
   p = Encoder();
   p.heads = 1;  // Nothing to transpose.

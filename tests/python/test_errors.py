@@ -261,12 +261,12 @@ import resource, numpy as np
 from msda import _C
 rng = np.random.default_rng(0)
 B, H, D, Q, P = 1, 8, 32, 20000, 4
-ss = np.array([[64, 64]]); lsi = np.array([0])
-v = rng.random((B, 4096, H, D), np.float32); loc = rng.random((B, Q, H, 1, P, 2), np.float32)
+ss = np.array([[256, 256]]); lsi = np.array([0])  # A backward workspace of about 16 MiB.
+v = rng.random((B, 65536, H, D), np.float32); loc = rng.random((B, Q, H, 1, P, 2), np.float32)
 a = rng.random((B, Q, H, 1, P), np.float32); g = rng.random((B, Q, H * D), np.float32)
 gv = np.full_like(v, 7); gl = np.full_like(loc, 7); ga = np.full_like(a, 7)
 vm = next(l for l in open("/proc/self/status") if l.startswith("VmSize"))
-limit = int(vm.split()[1]) * 1024 + (1 << 20)  # 1 MiB more than now: the workspace is larger
+limit = int(vm.split()[1]) * 1024 + (4 << 20)  # 4 MiB more than now: the workspace is larger
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 resource.setrlimit(resource.RLIMIT_AS, (limit, hard))  # The soft limit: lifted again below.
 try:

@@ -241,3 +241,22 @@ def test_level_start_index_from_spatial_shapes_follows_their_values():
     # A bad table is still refused with the same message.
     with pytest.raises(ValueError, match=r"^spatial_shapes: must have shape \[levels, 2\]"):
         msda.ms_deform_attn(v, ss[:, :1], None, loc, attn)
+
+
+def test_negative_bit_views_are_materialised_not_read_raw():
+    # z.conj().imag is a float view with the negative bit set: its memory holds +imag. The
+    # direct path must leave it to the dispatcher, whose fallback materialises -imag.
+    v, ss, lsi, loc, attn = _inputs({})
+    z = torch.complex(torch.zeros_like(v), v)
+    neg_view = z.conj().imag  # == -v
+    assert neg_view.is_neg()
+    out = msda.ms_deform_attn(neg_view, ss, lsi, loc, attn)
+    expected = msda.ms_deform_attn(-v, ss, lsi, loc, attn)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    g = torch.ones_like(out)
+    _, grads = _run((v, ss, lsi, loc, attn), {}, (False, True, True), grad_out=g)
+    loc2, attn2 = loc.clone().requires_grad_(True), attn.clone().requires_grad_(True)
+    msda.ms_deform_attn(v, ss, lsi, loc2, attn2).backward(torch.complex(torch.zeros_like(g), g)
+                                                          .conj().imag.neg())
+    torch.testing.assert_close(loc2.grad, grads[1], rtol=0, atol=0)
+    torch.testing.assert_close(attn2.grad, grads[2], rtol=0, atol=0)

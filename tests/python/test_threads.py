@@ -50,7 +50,14 @@ def test_the_openmp_runtime_found_is_pytorchs():
     name = os.path.basename(path)
     assert any(lib in name for lib in ("libgomp", "libiomp", "libomp")), path
     maps = open("/proc/self/maps").read()
-    assert path in maps  # Loaded already: msda never loads a runtime itself.
+    assert os.path.realpath(path) in maps  # Loaded already: msda never loads a runtime itself.
+    # Where PyTorch ships its own runtime (its pip wheels: torch/lib), that one: the runtime
+    # libtorch_cpu binds GOMP_parallel to, not another loaded beside it.
+    torch_dir = os.path.dirname(os.path.realpath(torch.__file__))
+    shipped = {line.split()[-1] for line in maps.splitlines()
+               if line.split()[-1].startswith(torch_dir) and "omp" in os.path.basename(line)}
+    if shipped:
+        assert os.path.realpath(path) in shipped, (path, shipped)
 
 
 @needs_openmp
@@ -58,7 +65,12 @@ def test_the_openmp_runtime_found_is_pytorchs():
 def test_openmp_sections_give_the_pool_results_bit_for_bit(threads):
     arrays = _arrays(seed=threads)
     expected = _run(arrays, threads, False)
+    sections = _C._openmp_sections()
     actual = _run(arrays, threads, True)
+    assert _C._openmp_sections() > sections  # The team ran them, not msda's pool.
+    sections = _C._openmp_sections()
+    _run(arrays, threads, False)
+    assert _C._openmp_sections() == sections
     for e, a in zip(expected, actual):
         assert not np.isnan(a).any()
         np.testing.assert_array_equal(a, e)
@@ -109,8 +121,11 @@ def test_the_torch_op_asks_for_pytorchs_threads(monkeypatch):
     monkeypatch.setattr(ops, "_C", Spy)
     v, ss, lsi, loc, a, g = (torch.from_numpy(x) for x in _arrays(Q=20))
     v.requires_grad_(True)
+    sections = real._openmp_sections()
     out = msda.ms_deform_attn(v, ss, lsi, loc, a)
     out.backward(g)
+    if ops._OPENMP and torch.get_num_threads() > 1:
+        assert real._openmp_sections() > sections
     threads = torch.get_num_threads()
     assert seen == [("forward", threads, ops._OPENMP), ("backward", threads, ops._OPENMP)]
     assert ops._OPENMP == ("parallel backend: OpenMP" in torch.__config__.parallel_info())
