@@ -73,8 +73,11 @@ int64_t ReachableElements(const std::vector<int64_t>& dims, const std::vector<in
   for (size_t i = 0; i < dims.size(); ++i) {
     if (dims[i] == 0) return 0;
     if (dims[i] > 1 && strides[i] > kMaxBufferBytes) return -1;
-    last += (dims[i] - 1) * strides[i];
-    if (last > kMaxBufferBytes) return -1;
+    int64_t step = 0;  // Huge dims (a fuzzed shape) overflow int64 here: too large as well.
+    if (__builtin_mul_overflow(dims[i] - 1, strides[i], &step) ||
+        __builtin_add_overflow(last, step, &last) || last > kMaxBufferBytes) {
+      return -1;
+    }
   }
   return last + 1;
 }
