@@ -72,12 +72,19 @@ _STRIDED = torch.strided
 
 
 def _plain_cpu(tensors) -> bool:
-    """Whether every tensor is a plain (no subclass) dense CPU tensor whose data DLPack can
-    hand over as it is: a negative-bit view (``z.conj().imag``) or a ZeroTensor is not (the
-    dispatcher's fallbacks materialise those first)."""
+    """Whether every tensor is a plain (no subclass) dense CPU tensor."""
     for t in tensors:
-        if (type(t) is not Tensor or not t.is_cpu or t.layout is not _STRIDED or t.is_neg()
-                or t._is_zerotensor()):
+        if type(t) is not Tensor or not t.is_cpu or t.layout is not _STRIDED:
+            return False
+    return True
+
+
+def _materialised(tensors) -> bool:
+    """Whether DLPack can hand over every tensor's data as it is: a negative-bit view
+    (``z.conj().imag``) or a ZeroTensor cannot (the dispatcher's fallbacks materialise those
+    first). Asked only outside tracing (after _unobserved): Dynamo cannot trace is_neg."""
+    for t in tensors:
+        if t.is_neg() or t._is_zerotensor():
             return False
     return True
 
@@ -309,7 +316,7 @@ def _unobserved() -> bool:
 
 def _direct(tensors) -> bool:
     """Whether a call on these tensors may skip the dispatcher (see above)."""
-    return _plain_cpu(tensors) and _unobserved()
+    return _plain_cpu(tensors) and _unobserved() and _materialised(tensors)
 
 
 # Autograd: the forward's Autograd kernel records an autograd.Function only when a gradient
@@ -535,7 +542,8 @@ def ms_deform_attn(
     elif type(level_start_index) is not Tensor:
         level_start_index = _index_tensor("level_start_index", level_start_index)
     tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    direct = _check_tensors(ARGUMENT_NAMES, tensors) and _unobserved()
+    direct = (_check_tensors(ARGUMENT_NAMES, tensors) and _unobserved()
+              and _materialised(tensors))
     if num_points_list is None and method == "default":  # The original op's call, as exported.
         if not direct:
             return _forward_op(*tensors)
