@@ -21,8 +21,10 @@ case "$kind" in
     ;;
   thread)
     sanitize=thread
-    # The tests that run several threads: determinism over thread counts, concurrent callers.
-    filter=(-R "Thread|Concurren|Determinis")
+    # The tests that run several threads: determinism over thread counts, concurrent callers,
+    # the pool's fallback and parallel runners (Pool.IdleWorkersExit counts the process's
+    # threads, and TSan adds one of its own).
+    filter=(-R "Thread|Concurren|Determinis|Pool\.(Refused|Parallel)")
     export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
     ;;
   *)
