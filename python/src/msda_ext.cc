@@ -378,26 +378,39 @@ msdaOptions MakeOptions(const PointCounts& num_points_list, bool discrete) {
   return o;
 }
 
+TensorPtr InputTensor(const char* name, nb::handle h) { return MakeTensor(name, Input(name, h)); }
+
+// None gives no tensor (a gradient not asked for) where none_ok.
+TensorPtr OutputTensor(const char* name, nb::handle h, bool none_ok = false) {
+  const OutArray a = Output(name, h, none_ok);
+  return a.is_valid() ? MakeTensor(name, a) : nullptr;
+}
+
+// The five tensors both directions read, each refusal naming its argument.
+struct Inputs {
+  Inputs(nb::handle value, nb::handle spatial_shapes, nb::handle level_start_index,
+         nb::handle sampling_locations, nb::handle attention_weights)
+      : v(InputTensor("value", value)),
+        ss(InputTensor("spatial_shapes", spatial_shapes)),
+        lsi(InputTensor("level_start_index", level_start_index)),
+        loc(InputTensor("sampling_locations", sampling_locations)),
+        attn(InputTensor("attention_weights", attention_weights)) {}
+  TensorPtr v, ss, lsi, loc, attn;
+};
+
 void Forward(nb::handle value, nb::handle spatial_shapes, nb::handle level_start_index,
              nb::handle sampling_locations, nb::handle attention_weights, nb::handle output,
              nb::handle num_threads, const PointCounts& num_points_list, bool discrete,
              bool openmp) {
-  const TensorPtr v = MakeTensor("value", Input("value", value));
-  const TensorPtr ss = MakeTensor("spatial_shapes", Input("spatial_shapes", spatial_shapes));
-  const TensorPtr lsi =
-      MakeTensor("level_start_index", Input("level_start_index", level_start_index));
-  const TensorPtr loc =
-      MakeTensor("sampling_locations", Input("sampling_locations", sampling_locations));
-  const TensorPtr attn =
-      MakeTensor("attention_weights", Input("attention_weights", attention_weights));
-  const TensorPtr out = MakeTensor("output", Output("output", output));
+  const Inputs in(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const TensorPtr out = OutputTensor("output", output);
   SetThreads(num_threads);
   const msdaOptions options = MakeOptions(num_points_list, discrete);
 
   PlanAndRun(
       [&](uint64_t* bytes, msdaExecutor** executor) {
-        return msdaForwardGetWorkspaceSizeEx(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
-                                             out.get(), &options, bytes, executor);
+        return msdaForwardGetWorkspaceSizeEx(in.v.get(), in.ss.get(), in.lsi.get(), in.loc.get(),
+                                             in.attn.get(), out.get(), &options, bytes, executor);
       },
       msdaForward, openmp);
 }
@@ -407,32 +420,20 @@ void Backward(nb::handle value, nb::handle spatial_shapes, nb::handle level_star
               nb::handle grad_value, nb::handle grad_sampling_locations,
               nb::handle grad_attention_weights, nb::handle num_threads,
               const PointCounts& num_points_list, bool discrete, bool openmp) {
-  const TensorPtr v = MakeTensor("value", Input("value", value));
-  const TensorPtr ss = MakeTensor("spatial_shapes", Input("spatial_shapes", spatial_shapes));
-  const TensorPtr lsi =
-      MakeTensor("level_start_index", Input("level_start_index", level_start_index));
-  const TensorPtr loc =
-      MakeTensor("sampling_locations", Input("sampling_locations", sampling_locations));
-  const TensorPtr attn =
-      MakeTensor("attention_weights", Input("attention_weights", attention_weights));
-  const TensorPtr g = MakeTensor("grad_output", Input("grad_output", grad_output));
+  const Inputs in(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const TensorPtr g = InputTensor("grad_output", grad_output);
   // None skips that gradient.
-  const OutArray gv_array = Output("grad_value", grad_value, true);
-  const OutArray gl_array = Output("grad_sampling_locations", grad_sampling_locations, true);
-  const OutArray ga_array = Output("grad_attention_weights", grad_attention_weights, true);
-  const TensorPtr gv = gv_array.is_valid() ? MakeTensor("grad_value", gv_array) : nullptr;
-  const TensorPtr gl =
-      gl_array.is_valid() ? MakeTensor("grad_sampling_locations", gl_array) : nullptr;
-  const TensorPtr ga =
-      ga_array.is_valid() ? MakeTensor("grad_attention_weights", ga_array) : nullptr;
+  const TensorPtr gv = OutputTensor("grad_value", grad_value, true);
+  const TensorPtr gl = OutputTensor("grad_sampling_locations", grad_sampling_locations, true);
+  const TensorPtr ga = OutputTensor("grad_attention_weights", grad_attention_weights, true);
   SetThreads(num_threads);
   const msdaOptions options = MakeOptions(num_points_list, discrete);
 
   PlanAndRun(
       [&](uint64_t* bytes, msdaExecutor** executor) {
-        return msdaBackwardGetWorkspaceSizeEx(v.get(), ss.get(), lsi.get(), loc.get(), attn.get(),
-                                              g.get(), gv.get(), gl.get(), ga.get(), &options,
-                                              bytes, executor);
+        return msdaBackwardGetWorkspaceSizeEx(in.v.get(), in.ss.get(), in.lsi.get(), in.loc.get(),
+                                              in.attn.get(), g.get(), gv.get(), gl.get(), ga.get(),
+                                              &options, bytes, executor);
       },
       msdaBackward, openmp);
 }
