@@ -5,7 +5,7 @@
 //
 //   bench_msda [--repeats N] [--shapes encoder,decoder,...] [--threads N] [--markdown FILE]
 //              [--uniform] [--vs-scalar] [--vs-no-prefetch] [--vs-counting-sort] [--hot-value]
-//              [--misalign BYTES]
+//              [--cold] [--misalign BYTES]
 #include <msda/msda.h>
 
 #include <algorithm>
@@ -236,6 +236,18 @@ struct Timing {
 
 std::string g_simd_target = "?";  // From the first plan's description.
 bool g_hot_value = false;         // --hot-value (see TimeCase).
+bool g_cold = false;              // --cold: caches flushed before every timed call.
+
+// Writes and reads a buffer twice the size of the last-level caches of most hosts (64 MiB),
+// which evicts the tensors a previous call left cached: what a call in a model sees after the
+// layers between two calls of the op.
+void FlushCaches() {
+  if (!g_cold) return;
+  static std::vector<char> junk(64 << 20);
+  for (size_t i = 0; i < junk.size(); i += 64) junk[i] = static_cast<char>(junk[i] + 1);
+  volatile char keep = junk[junk.size() / 2];
+  (void)keep;
+}
 
 Timing TimeCase(Case& c, int threads, int repeats) {
   const Shape& s = c.shape;
@@ -280,8 +292,9 @@ Timing TimeCase(Case& c, int threads, int repeats) {
     if (at != nullptr) g_simd_target = std::string(at + 13, std::strcspn(at + 13, " \n"));
   }
   Buffer<char> fwd_ws(timing.forward_ws + 1);
-  timing.forward_s = Median(
-      repeats, [&] { CHECK_MSDA(msdaForward(fwd_ws.data(), timing.forward_ws, fwd, nullptr)); });
+  timing.forward_s = bench::MedianAfter(repeats, FlushCaches, [&] {
+    CHECK_MSDA(msdaForward(fwd_ws.data(), timing.forward_ws, fwd, nullptr));
+  });
   msdaDestroyExecutor(fwd);
 
   msdaExecutor* bwd = nullptr;
@@ -289,8 +302,9 @@ Timing TimeCase(Case& c, int threads, int repeats) {
                                           grad_loc, grad_attn, &timing.backward_ws, &bwd));
   CHECK_MSDA(msdaSetExecutorRepeatable(bwd));
   Buffer<char> bwd_ws(timing.backward_ws + 1);
-  timing.backward_s = Median(
-      repeats, [&] { CHECK_MSDA(msdaBackward(bwd_ws.data(), timing.backward_ws, bwd, nullptr)); });
+  timing.backward_s = bench::MedianAfter(repeats, FlushCaches, [&] {
+    CHECK_MSDA(msdaBackward(bwd_ws.data(), timing.backward_ws, bwd, nullptr));
+  });
   msdaDestroyExecutor(bwd);
   return timing;
 }
@@ -335,6 +349,8 @@ int main(int argc, char** argv) {
       vs_sort = true;
     else if (arg == "--hot-value")
       g_hot_value = true;
+    else if (arg == "--cold")
+      g_cold = true;
     else if (arg == "--misalign")
       g_misalign = std::clamp(std::atoi(next().c_str()), 0, 63);
     else if (arg == "--child-times")
@@ -343,7 +359,7 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n"
           "          [--vs-scalar] [--vs-counting-sort] [--hot-value]\n"
-          "          [--misalign BYTES]\n",
+          "          [--cold] [--misalign BYTES]\n",
           argv[0]);
       return arg == "--help" ? 0 : 2;
     }
@@ -395,7 +411,8 @@ int main(int argc, char** argv) {
           std::string(env) + " '" + std::string(argv[0]) + "' --child-times --shapes " +
           shape.name + " --threads " + std::to_string(all_threads) + " --repeats " +
           std::to_string(repeats) + (uniform_locations ? " --uniform" : "") +
-          (g_hot_value ? " --hot-value" : "") + " --misalign " + std::to_string(g_misalign);
+          (g_hot_value ? " --hot-value" : "") + (g_cold ? " --cold" : "") + " --misalign " +
+          std::to_string(g_misalign);
       if (FILE* child = popen(command.c_str(), "r")) {
         char name[64];
         if (std::fscanf(child, "%63s %lf %lf %lf %lf", name, &out[0], &out[1], &out[2], &out[3]) !=

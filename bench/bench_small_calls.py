@@ -4,7 +4,8 @@
 The one-query call (B=1 Q=1 H=8 D=32, one 8x8 level, P=4, float32, locations in (0, 1)) on
 1 thread through each entry: the C API through the binding on preallocated NumPy arrays
 (msda._C.forward), msda.numpy.ms_deform_attn, the torch op's forward on tensors that do not
-require grad, and forward + backward through autograd; next to two PyTorch baselines timed in
+require grad, and forward + backward through autograd (with the C++ autograd node where
+msda/_torch_ops.so is loaded, and with the Python one); next to two PyTorch baselines timed in
 the same loop (torch.add on small tensors, a trivial autograd round trip), so the figures can
 be read against this machine's dispatch cost. Then the decoder layer's forward (Q=900, four
 levels 100x152 .. 13x19), msda's torch op against the pure-PyTorch grid_sample composition of
@@ -32,6 +33,7 @@ from bench_torch import SHAPES, describe, make_inputs, torch_path  # noqa: E402
 
 import msda  # noqa: E402
 import msda.numpy as mnp  # noqa: E402
+import msda.ops  # noqa: E402,F401
 from msda import _C  # noqa: E402
 
 # The torch op runs on torch.get_num_threads() threads; a num_threads keyword, where the
@@ -47,6 +49,9 @@ SMALL = (1, 1, 8, 4, 32, [(8, 8)])  # (batch, queries, heads, points, dims, leve
 TARGET_FORWARD_US = 15.0
 TARGET_AUTOGRAD_US = 60.0
 TARGET_DECODER_SPEEDUP = 15.0
+# The autograd row is the node the install uses: C++ where msda/_torch_ops.so is loaded.
+AUTOGRAD = "torch op forward+backward (autograd)"
+AUTOGRAD_PYTHON_NODE = "same, Python autograd.Function node"
 
 
 def small_inputs():
@@ -79,6 +84,17 @@ def small_candidates():
         gv.grad = gl.grad = ga.grad = None
         msda.ms_deform_attn(gv, ss, lsi, gl, ga, **kw).backward(grad)
 
+    # The same with the Python autograd.Function node, where the C++ node is loaded (see
+    # docs/python.md: msda/_torch_ops.so), for the side-by-side figure.
+    eager_op = getattr(msda.ops, "_eager_op", None)
+
+    def torch_autograd_python_node():
+        msda.ops._eager_op = None
+        try:
+            torch_autograd()
+        finally:
+            msda.ops._eager_op = eager_op
+
     a, b = torch.randn(4), torch.randn(4)
 
     def add():
@@ -94,14 +110,17 @@ def small_candidates():
     c_api()
     ref = msda.ms_deform_attn(value, ss, lsi, loc, attn).numpy()
     np.testing.assert_allclose(np_out, ref, rtol=1e-5, atol=1e-6)
-    return {
+    candidates = {
         "C API (msda._C.forward, NumPy)": c_api,
         "msda.numpy.ms_deform_attn": numpy_entry,
         "torch op forward (no grad)": torch_forward,
-        "torch op forward+backward (autograd)": torch_autograd,
-        "baseline: torch.add (4 elements)": add,
-        "baseline: (x * 1).sum().backward() (4 elements)": trivial_autograd,
+        AUTOGRAD: torch_autograd,
     }
+    if eager_op is not None:
+        candidates[AUTOGRAD_PYTHON_NODE] = torch_autograd_python_node
+    candidates["baseline: torch.add (4 elements)"] = add
+    candidates["baseline: (x * 1).sum().backward() (4 elements)"] = trivial_autograd
+    return candidates
 
 
 def time_small(candidates, repeats, number):
@@ -210,16 +229,17 @@ def main(argv=None):
           f"median of {args.repeats} interleaved samples ({args.number} calls each for the "
           "small calls).")
     print()
+    node = "C++ (msda/_torch_ops.so)" if msda.ops._eager_op is not None else "Python"
     print(f"Small call: {describe(SMALL)}, float32, 1 thread (torch.set_num_threads(1), "
-          "msda num_threads=1).")
+          f"msda num_threads=1); the autograd node of this install: {node}.")
     print()
     add = small["baseline: torch.add (4 elements)"]
     trivial = small["baseline: (x * 1).sum().backward() (4 elements)"]
     c_api = small["C API (msda._C.forward, NumPy)"]
     forward = small["torch op forward (no grad)"]
-    autograd = small["torch op forward+backward (autograd)"]
+    autograd = small[AUTOGRAD]
     targets = {"torch op forward (no grad)": f"<= {TARGET_FORWARD_US:.0f}",
-               "torch op forward+backward (autograd)": f"<= {TARGET_AUTOGRAD_US:.0f}"}
+               AUTOGRAD: f"<= {TARGET_AUTOGRAD_US:.0f}"}
     rows = []
     for name, us in small.items():
         rows.append([name, f"{us:.2f}", targets.get(name, "-"), f"{us / c_api:.2f}",

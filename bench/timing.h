@@ -28,6 +28,21 @@ double Median(int repeats, Fn fn) {
   return t[t.size() / 2];
 }
 
+// The median of `repeats` runs of fn, each after an untimed call of before (a cache flush).
+template <typename Before, typename Fn>
+double MedianAfter(int repeats, Before before, Fn fn) {
+  std::vector<double> t;
+  fn();
+  for (int i = 0; i < repeats; ++i) {
+    before();
+    const auto start = Clock::now();
+    fn();
+    t.push_back(Seconds(start, Clock::now()));
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 // The fastest of `repeats` runs of fn: for the machine's limits, which are the best it does (a
 // median can take a run where the host lent the second vCPU elsewhere).
 template <typename Fn>

@@ -66,7 +66,8 @@ quiet_pip "$tools/bin/pip" install -q build
 sdist=$(ls "$repo"/build-wheel/sdist/msda_ops-*.tar.gz)
 tar tzf "$sdist" > build-wheel/sdist/members.txt
 for member in LICENSE pyproject.toml CMakeLists.txt cmake/MissingDependency.cmake \
-              include/msda/msda.h src/api.cc python/CMakeLists.txt python/msda/__init__.py; do
+              include/msda/msda.h src/api.cc python/CMakeLists.txt python/msda/__init__.py \
+              python/src/torch_ops.cc; do
   grep -qx "msda_ops-[0-9.]*/$member" build-wheel/sdist/members.txt \
     || { echo "test_packaging: $member missing from $sdist" >&2; exit 1; }
 done

@@ -11,6 +11,7 @@ cast to the autocast dtype and sampling_locations to float32 (the kernel samples
 coordinates and accumulates in fp32), so the output has the autocast dtype. float64 inputs
 are left as they are, as autocast does for built-in ops.
 """
+import os
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -441,6 +442,30 @@ def _autocast_cpu(
 _lib.impl("ms_deform_attn", _autocast_cpu, "AutocastCPU", with_keyset=True)
 
 
+# The direct path's autograd node in C++ (python/src/torch_ops.cc): msda/_torch_ops.so, where
+# the package was built against a torch (pip install --no-build-isolation), loaded only under
+# that torch version. MSDA_TORCH_OPS=0 keeps the Python autograd.Function.
+def _load_eager_op():
+    if os.environ.get("MSDA_TORCH_OPS", "1") == "0":
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        with open(os.path.join(here, "_torch_ops.txt")) as f:
+            built_for = f.read().strip()
+    except OSError:
+        return None
+    if built_for != torch.__version__:
+        return None
+    try:
+        torch.ops.load_library(os.path.join(here, "_torch_ops.so"))
+        return torch.ops.msda._ms_deform_attn_eager.default
+    except (OSError, RuntimeError, AttributeError):
+        return None
+
+
+_eager_op = _load_eager_op()
+
+
 def _index_tensor(name: str, x) -> Tensor:
     if isinstance(x, Tensor):
         return x
@@ -554,6 +579,8 @@ def ms_deform_attn(
             return _forward_op(*tensors, counts, method)
     # What the op's Autograd kernel and CPU kernel would do, without the dispatcher.
     if _needs_graph(value, sampling_locations, attention_weights):
+        if counts is None and method == "default" and _eager_op is not None:
+            return _eager_op(*tensors)
         return _MsDeformAttnFunction.apply(*tensors, counts, method)
     return _forward_run(tensors, *_variant(counts, method, spatial_shapes))
 

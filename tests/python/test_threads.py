@@ -119,6 +119,7 @@ def test_the_torch_op_asks_for_pytorchs_threads(monkeypatch):
             return real.backward(*args)
 
     monkeypatch.setattr(ops, "_C", Spy)
+    monkeypatch.setattr(ops, "_eager_op", None)  # The Python node (test_torch_ops: the C++ one).
     v, ss, lsi, loc, a, g = (torch.from_numpy(x) for x in _arrays(Q=20))
     v.requires_grad_(True)
     sections = real._openmp_sections()
