@@ -108,6 +108,10 @@ int64_t AccBytes(const Problem& p) { return p.value_dtype == MSDA_FLOAT64 ? 8 : 
 
 constexpr int64_t kCopyBlockKeys = 1024;
 
+// The largest grad_value of a batch item that by-head tasks add into in place (see
+// BackwardPlan::head_rows_in_grad_value): within L2, where its rows' stride costs nothing.
+constexpr int64_t kHeadRowsInGradValueBytes = int64_t{256} << 10;
+
 // Whether the queries read enough corner rows per key of each head (each query reads
 // L * P * 4 rows per head) to pay for a head-major copy of value, read and written once:
 // at least kCopyCornersPerKey. Measured (bench/bench_q_sweep.py, encoder map K=20197, H=8,
@@ -406,6 +410,12 @@ bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machin
   if (!MakeScratchLayout(p, plan->acc_bytes, &plan->scratch)) return false;
   if (grads.value && machine.options.backward != BackwardStrategy::kCountingSort &&
       MakeByHeadPlan(p, machine, plan)) {
+    int64_t block = 0;  // One batch item's grad_value, in bytes.
+    b.head_rows_in_grad_value = b.grad_value_in_place && !b.interleaved_rows && gv.dim == 1 &&
+                                (p.heads == 1 || gv.head == p.dims) &&
+                                StrideIs(gv.key, p.heads, p.dims) &&
+                                Product({p.keys, p.heads, p.dims, plan->acc_bytes}, &block) &&
+                                block <= kHeadRowsInGradValueBytes;
     return true;
   }
   int64_t parallel_tasks = 0;

@@ -101,7 +101,11 @@ struct BackwardPlan {
   // contiguous over (level, point) within a (batch, query, head): written as vectors.
   bool flat_point_grads = false;
   bool by_head = false;
-  bool interleaved_rows = false;    // By-head tasks read a contiguous copy of their head's rows.
+  bool interleaved_rows = false;  // By-head tasks read a contiguous copy of their head's rows.
+  // By-head tasks add into grad_value itself, zeroed first, instead of a buffer copied out:
+  // for a small dense grad_value in the accumulation type (without interleaved_rows), where
+  // the copy costs more than the work (a one-query call: a third of its backward).
+  bool head_rows_in_grad_value = false;
   int head_workers = 0;             // Threads that run by-head tasks, one buffer each.
   int64_t head_buffers_offset = 0;  // head_workers buffers of head_buffer_bytes, each keys
   int64_t head_buffer_bytes = 0;    // rows of head_row_bytes: acc [dims], the accumulator row,

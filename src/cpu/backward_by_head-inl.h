@@ -198,17 +198,31 @@ struct ByHead {
     const Problem& p = k.p;
     const BackwardPlan& plan_b = k.bp();
     const int64_t dims = p.dims;
+    const ValueStrides& st = k.prm.grad_value_strides;
+    // In place: grad_value is T == Acc, each batch item's [keys][heads][dims] dense.
+    const bool in_place = plan_b.head_rows_in_grad_value;
+    if (in_place) {
+      for (int64_t b = 0; b < p.batch; ++b) {
+        std::memset(static_cast<char*>(k.prm.grad_value) + b * st.batch * int64_t{sizeof(Acc)}, 0,
+                    static_cast<size_t>(p.keys * p.heads * dims) * sizeof(Acc));
+      }
+    }
     ParallelFor(plan_b.head_workers, p.batch * p.heads, [&](int64_t task, int worker) {
       const int64_t b = task / p.heads, h = task % p.heads;
       char* buffer = k.workspace + plan_b.head_buffers_offset + worker * plan_b.head_buffer_bytes;
       const int64_t row_bytes = plan_b.head_row_bytes;
-      const HeadAccumulator<T, Loc, Acc> sink{k, reinterpret_cast<Acc*>(buffer),
-                                              row_bytes / static_cast<int64_t>(sizeof(Acc)),
-                                              plan_b.interleaved_rows};
+      const HeadAccumulator<T, Loc, Acc> sink =
+          in_place ? HeadAccumulator<T, Loc, Acc>{k,
+                                                  static_cast<Acc*>(k.prm.grad_value) +
+                                                      b * st.batch + h * dims,
+                                                  st.key, false}
+                   : HeadAccumulator<T, Loc, Acc>{k, reinterpret_cast<Acc*>(buffer),
+                                                  row_bytes / static_cast<int64_t>(sizeof(Acc)),
+                                                  plan_b.interleaved_rows};
       // The spare rows' value halves read as zeros (HeadAccumulator::Sweep).
       std::memset(k.Scratch(worker) + k.plan.scratch.spare_row, 0, 8 * sizeof(Acc) * dims);
       HeadRows<T> rows = k.RowsOf(b, h);
-      for (int64_t key = 0; key < p.keys; ++key) {
+      for (int64_t key = 0; !in_place && key < p.keys; ++key) {
         char* row = buffer + key * row_bytes;
         std::memset(row, 0, sizeof(Acc) * dims);  // All-zero bits are 0.0.
         if (!plan_b.interleaved_rows) continue;
@@ -227,7 +241,7 @@ struct ByHead {
         if (q + kQueriesAhead < p.queries) PrefetchQuery(b, q + kQueriesAhead, h);
         k.PointsOfHead(b, q, h, 0, g_row, sink, rows, worker);
       }
-      const ValueStrides& st = k.prm.grad_value_strides;
+      if (in_place) return;
       T* grad_value = static_cast<T*>(k.prm.grad_value) + b * st.batch + h * st.head;
       for (int64_t key = 0; key < p.keys; ++key) {
         k.WriteGradValueRow(sink.rows + key * sink.row_stride, grad_value + key * st.key);

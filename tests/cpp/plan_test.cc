@@ -407,6 +407,29 @@ TEST(BackwardPlan, ByHeadCopiesAHeadsRowsOnlyWhenManyQueriesShareThem) {
   EXPECT_EQ(plan.backward.head_row_bytes, p.dims * 4);
 }
 
+TEST(BackwardPlan, ByHeadAddsIntoASmallDenseGradValueInPlace) {
+  Problem p = Encoder();
+  p.queries = 1;
+  p.levels = {{8, 8, 0}};  // 64 keys: 64 KiB of grad_value.
+  p.keys = 64;
+  Plan plan;
+  ASSERT_TRUE(Backward(p, Threads(1), GradientSet{}, &plan, /*value_in_place=*/true));
+  ASSERT_TRUE(plan.backward.by_head);
+  EXPECT_TRUE(plan.backward.head_rows_in_grad_value);
+  // Not for a strided grad_value, nor for bf16 (accumulated in fp32), nor for a large one.
+  ASSERT_TRUE(Backward(p, Threads(1), GradientSet{}, &plan, /*value_in_place=*/false));
+  EXPECT_FALSE(plan.backward.head_rows_in_grad_value);
+  Problem half = p;
+  half.value_dtype = half.loc_dtype = MSDA_BFLOAT16;
+  ASSERT_TRUE(Backward(half, Threads(1), GradientSet{}, &plan, /*value_in_place=*/true));
+  EXPECT_FALSE(plan.backward.head_rows_in_grad_value);
+  Problem decoder = Encoder();
+  decoder.queries = 900;
+  ASSERT_TRUE(Backward(decoder, Threads(1), GradientSet{}, &plan, /*value_in_place=*/true));
+  ASSERT_TRUE(plan.backward.by_head);
+  EXPECT_FALSE(plan.backward.head_rows_in_grad_value);
+}
+
 TEST(BackwardPlan, ByHeadBuffersStayWithinTheWorkspaceBudget) {
   Problem p = Encoder();
   p.dims = 256;  // 20 + 20 MiB a worker in fp32: one fits, two do not.
