@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "msda/msda.h"
+#include "thread_workspace.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -48,11 +49,6 @@ using TensorPtr = std::unique_ptr<msdaTensor, TensorDeleter>;
 struct ExecutorDeleter {
   void operator()(msdaExecutor* e) const { msdaDestroyExecutor(e); }
 };
-
-struct WorkspaceDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using Workspace = std::unique_ptr<void, WorkspaceDeleter>;
 
 [[noreturn]] void RaiseStatus(msdaStatus status, const std::string& message) {
   const std::string text = message + " [" + msdaStatusString(status) + "]";
@@ -306,26 +302,6 @@ class RunnerScope {
   bool active_ = false;
 };
 
-// The workspace of the calling thread, kept between calls and grown when a call needs more:
-// a fresh multi-MB allocation per call costs more in page faults than a small backward
-// itself (about 10 ms for the decoder shape). Each Python thread that calls msda keeps its
-// largest workspace so far. 64-byte aligned, like the plan's regions.
-void* ThreadWorkspace(uint64_t bytes) {
-  thread_local Workspace buffer;
-  thread_local uint64_t capacity = 0;
-  if (bytes == 0) return nullptr;
-  if (bytes > capacity) {
-    buffer.reset();
-    capacity = 0;
-    const uint64_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, static_cast<size_t>(rounded));
-    if (p == nullptr) throw std::bad_alloc();
-    buffer.reset(p);
-    capacity = rounded;
-  }
-  return buffer.get();
-}
-
 // The two stages of one call with the GIL released: plan (GetWorkspaceSize), take the
 // thread's workspace, run. The run call releases the executor (it is not repeatable),
 // whatever the outcome. Raises the status as a Python exception.
@@ -342,10 +318,8 @@ void PlanAndRun(PlanFn plan, msdaStatus (*run)(void*, uint64_t, msdaExecutor*, m
     status = plan(&bytes, &raw);
     if (status == MSDA_SUCCESS) {
       std::unique_ptr<msdaExecutor, ExecutorDeleter> executor(raw);
-      void* workspace = nullptr;
-      try {
-        workspace = ThreadWorkspace(bytes);
-      } catch (const std::bad_alloc&) {
+      void* workspace = msda_python::ThreadWorkspace(bytes);
+      if (bytes > 0 && workspace == nullptr) {
         status = MSDA_ERROR_OUT_OF_MEMORY;
         error = "workspace: could not allocate " + std::to_string(bytes) + " bytes";
       }

@@ -29,6 +29,8 @@
 #include <tuple>
 #include <vector>
 
+#include "thread_workspace.h"
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -92,27 +94,6 @@ void TorchRunner(msdaParallelWork work, void* context, int32_t num_threads, void
   });
 }
 
-// The calling thread's workspace, kept between calls and grown when a call needs more (a fresh
-// multi-MB allocation per call costs more in page faults than a small call itself).
-void* ThreadWorkspace(uint64_t bytes) {
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
-  thread_local std::unique_ptr<void, Free> buffer;
-  thread_local uint64_t capacity = 0;
-  if (bytes == 0) return nullptr;
-  if (bytes > capacity) {
-    buffer.reset();
-    capacity = 0;
-    const uint64_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, static_cast<size_t>(rounded));
-    if (p == nullptr) return nullptr;
-    buffer.reset(p);
-    capacity = rounded;
-  }
-  return buffer.get();
-}
-
 // Plans on PyTorch's thread count with the torch runner set for the scope of one call.
 class CallScope {
  public:
@@ -140,7 +121,7 @@ bool Execute(Get get, Run run) {
   uint64_t bytes = 0;
   msdaExecutor* executor = nullptr;
   if (get(&bytes, &executor) != MSDA_SUCCESS) return false;
-  void* workspace = ThreadWorkspace(bytes);
+  void* workspace = msda_python::ThreadWorkspace(bytes);
   if (bytes > 0 && workspace == nullptr) {
     msdaDestroyExecutor(executor);
     return false;
