@@ -88,6 +88,7 @@ bool SelfOverlaps(const msdaTensor& t) {
   // Sorted by stride, each dimension must step past everything the smaller ones reach. This
   // is sufficient for no overlap; exotic interleavings that also do not overlap are refused.
   std::vector<size_t> order;
+  order.reserve(t.dims.size());
   for (size_t i = 0; i < t.dims.size(); ++i) {
     if (t.dims[i] > 1) order.push_back(i);
   }

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -63,11 +64,12 @@ msdaStatus CheckRank(const Named& n, size_t rank, const char* layout) {
   return MSDA_SUCCESS;
 }
 
-// Checks dims against expected values; -1 in expected means "any".
-msdaStatus CheckDims(const Named& n, const std::vector<int64_t>& expected,
-                     const std::vector<const char*>& what) {
+// Checks dims against expected values; -1 in expected means "any". what names each dim.
+// Pointer and count, so that the calls with braced lists allocate nothing.
+msdaStatus CheckDims(const Named& n, const int64_t* expected, size_t count,
+                     const char* const* what) {
   const msdaTensor& t = *n.tensor;
-  for (size_t i = 0; i < expected.size(); ++i) {
+  for (size_t i = 0; i < count; ++i) {
     if (expected[i] >= 0 && t.dims[i] != expected[i]) {
       return Refuse(MSDA_ERROR_SHAPE_MISMATCH,
                     std::string(n.name) + ": dim " + std::to_string(i) + " (" + what[i] +
@@ -76,6 +78,18 @@ msdaStatus CheckDims(const Named& n, const std::vector<int64_t>& expected,
     }
   }
   return MSDA_SUCCESS;
+}
+msdaStatus CheckDims(const Named& n, std::initializer_list<int64_t> expected,
+                     std::initializer_list<const char*> what) {
+  return CheckDims(n, expected.begin(), expected.size(), what.begin());
+}
+msdaStatus CheckDims(const Named& n, const std::vector<int64_t>& expected,
+                     const std::vector<const char*>& what) {
+  return CheckDims(n, expected.data(), expected.size(), what.data());
+}
+msdaStatus CheckDims(const Named& n, const std::vector<int64_t>& expected,
+                     std::initializer_list<const char*> what) {
+  return CheckDims(n, expected.data(), expected.size(), what.begin());
 }
 
 msdaStatus CheckDtype(const Named& n, msdaDataType expected, const char* rule) {
@@ -197,14 +211,17 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
       {"sampling_locations", call.sampling_locations, Role::kInput},
       {"attention_weights", call.attention_weights, Role::kInput},
   };
-  std::vector<Named> all = inputs;
+  std::vector<Named> all;
+  all.reserve(inputs.size() + extra.size());
+  all.insert(all.end(), inputs.begin(), inputs.end());
   all.insert(all.end(), extra.begin(), extra.end());
   for (const Named& n : all) {
-    if (n.tensor == nullptr && (n.role == Role::kInput || std::string(n.name) == "output")) {
+    if (n.tensor == nullptr && (n.role == Role::kInput || std::strcmp(n.name, "output") == 0)) {
       return Refuse(MSDA_ERROR_NULL_POINTER, std::string(n.name) + ": tensor is NULL");
     }
   }
   std::vector<Named> present;
+  present.reserve(all.size());
   for (const Named& n : all) {
     if (n.tensor != nullptr) present.push_back(n);
   }
@@ -238,7 +255,7 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
   MSDA_RETURN_IF_ERROR(CheckDtype(weights, vt, "value's dtype"));
   for (const Named& n : extra) {
     if (n.tensor == nullptr) continue;
-    const bool is_loc_grad = std::string(n.name) == "grad_sampling_locations";
+    const bool is_loc_grad = std::strcmp(n.name, "grad_sampling_locations") == 0;
     MSDA_RETURN_IF_ERROR(CheckDtype(n, is_loc_grad ? lt : vt,
                                     is_loc_grad ? "sampling_locations' dtype" : "value's dtype"));
   }
@@ -364,28 +381,28 @@ msdaStatus ValidateCommon(const CallTensors& call, const std::vector<Named>& ext
   }
   for (const Named& n : extra) {
     if (n.tensor == nullptr) continue;
-    const std::string name = n.name;
-    if (name == "output" || name == "grad_output") {
+    auto is = [&n](const char* name) { return std::strcmp(n.name, name) == 0; };
+    if (is("output") || is("grad_output")) {
       MSDA_RETURN_IF_ERROR(CheckRank(n, 3, "[batch, queries, heads * embed_dims]"));
       MSDA_RETURN_IF_ERROR(CheckDims(n, {p->batch, p->queries, channels},
                                      {"batch", "queries", "heads * embed_dims"}));
-    } else if (name == "grad_value") {
+    } else if (is("grad_value")) {
       MSDA_RETURN_IF_ERROR(CheckRank(n, 4, "[batch, keys, heads, embed_dims], like value"));
       MSDA_RETURN_IF_ERROR(
           CheckDims(n, call.value->dims, {"batch", "keys", "heads", "embed_dims"}));
-    } else if (name == "grad_sampling_locations") {
+    } else if (is("grad_sampling_locations")) {
       MSDA_RETURN_IF_ERROR(CheckRank(n, loc_rank, "like sampling_locations"));
-      MSDA_RETURN_IF_ERROR(
-          CheckDims(n, call.sampling_locations->dims,
-                    flat ? std::vector<const char*>{"batch", "queries", "heads", "points", "(x, y)"}
-                         : std::vector<const char*>{"batch", "queries", "heads", "levels", "points",
-                                                    "(x, y)"}));
-    } else if (name == "grad_attention_weights") {
+      static const char* const kFlat[] = {"batch", "queries", "heads", "points", "(x, y)"};
+      static const char* const kLevels[] = {"batch",  "queries", "heads",
+                                            "levels", "points",  "(x, y)"};
+      const std::vector<int64_t>& dims = call.sampling_locations->dims;
+      MSDA_RETURN_IF_ERROR(CheckDims(n, dims.data(), dims.size(), flat ? kFlat : kLevels));
+    } else if (is("grad_attention_weights")) {
       MSDA_RETURN_IF_ERROR(CheckRank(n, loc_rank - 1, "like attention_weights"));
-      MSDA_RETURN_IF_ERROR(CheckDims(
-          n, call.attention_weights->dims,
-          flat ? std::vector<const char*>{"batch", "queries", "heads", "points"}
-               : std::vector<const char*>{"batch", "queries", "heads", "levels", "points"}));
+      static const char* const kFlat[] = {"batch", "queries", "heads", "points"};
+      static const char* const kLevels[] = {"batch", "queries", "heads", "levels", "points"};
+      const std::vector<int64_t>& dims = call.attention_weights->dims;
+      MSDA_RETURN_IF_ERROR(CheckDims(n, dims.data(), dims.size(), flat ? kFlat : kLevels));
     }
   }
 

@@ -458,7 +458,9 @@ def _load_eager_op():
         return None
     try:
         torch.ops.load_library(os.path.join(here, "_torch_ops.so"))
-        return torch.ops.msda._ms_deform_attn_eager.default
+        # The overload's C entry (OpOverload.__call__ only forwards to it).
+        overload = torch.ops.msda._ms_deform_attn_eager.default
+        return getattr(overload, "_op", overload)
     except (OSError, RuntimeError, AttributeError):
         return None
 
