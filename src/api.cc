@@ -13,6 +13,7 @@
 #include "executor.h"
 #include "msda/msda.h"
 #include "plan.h"
+#include "tensor.h"
 #include "testing.h"
 #include "threads.h"
 #include "validate.h"
@@ -59,14 +60,49 @@ void* AlignWorkspace(void* workspace) {
   return static_cast<char*>(workspace) + (aligned - address);
 }
 
+// What msdaExecutorSetData needs of the call's (validated) tensor arguments, in the order of
+// the GetWorkspaceSize call.
+void RecordBindings(const CallTensors& call, Direction direction, msdaExecutor* e) {
+  const msdaTensor* const forward[] = {call.value,
+                                       call.spatial_shapes,
+                                       call.level_start_index,
+                                       call.sampling_locations,
+                                       call.attention_weights,
+                                       call.output};
+  const msdaTensor* const backward[] = {call.value,
+                                        call.spatial_shapes,
+                                        call.level_start_index,
+                                        call.sampling_locations,
+                                        call.attention_weights,
+                                        call.grad_output,
+                                        call.grad_value,
+                                        call.grad_sampling_locations,
+                                        call.grad_attention_weights};
+  const bool is_forward = direction == Direction::kForward;
+  const msdaTensor* const* tensors = is_forward ? forward : backward;
+  e->num_bindings = is_forward ? 6 : 9;
+  for (int i = 0; i < e->num_bindings; ++i) {
+    Binding& b = e->bindings[i];
+    const msdaTensor* t = tensors[i];
+    b = Binding();
+    b.level_table = i == 1 || i == 2;
+    b.output = is_forward ? i == 5 : i >= 6;
+    b.present = t != nullptr;
+    if (!b.present) continue;
+    b.base_bytes = t->offset * ElementSize(t->dtype);  // Validated: no overflow.
+    ByteSpan(*t, &b.span_begin, &b.span_end);
+  }
+}
+
 // Shared tail of both GetWorkspaceSize calls: the plan becomes an executor.
-msdaStatus MakeExecutor(const Problem& problem, const Params& params, const Plan& plan,
-                        uint64_t* workspace_size, msdaExecutor** executor) {
+msdaStatus MakeExecutor(const CallTensors& call, const Problem& problem, const Params& params,
+                        const Plan& plan, uint64_t* workspace_size, msdaExecutor** executor) {
   msdaExecutor* e = new (std::nothrow) msdaExecutor();
   if (e == nullptr) return Refuse(MSDA_ERROR_OUT_OF_MEMORY, "executor: out of host memory");
   e->problem = problem;
   e->params = params;
   e->plan = plan;
+  RecordBindings(call, plan.direction, e);
   RegisterExecutor(e);
   *workspace_size = CallerWorkspaceBytes(plan);
   *executor = e;
@@ -178,7 +214,7 @@ msdaStatus msdaForwardGetWorkspaceSizeEx(const msdaTensor* value, const msdaTens
     if (!msda::MakeForwardPlan(problem, params, msda::ThisMachine(), &plan)) {
       return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: a size the plan needs overflows int64");
     }
-    return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);
+    return msda::MakeExecutor(call, problem, params, plan, workspaceSize, executor);
   } catch (const std::bad_alloc&) {
     return Refuse(MSDA_ERROR_OUT_OF_MEMORY, "executor: out of host memory while planning");
   }
@@ -233,7 +269,7 @@ msdaStatus msdaBackwardGetWorkspaceSizeEx(
     if (!msda::MakeBackwardPlan(problem, params, msda::ThisMachine(), grads, &plan)) {
       return Refuse(MSDA_ERROR_LIMIT_EXCEEDED, "workspace: a size the plan needs overflows int64");
     }
-    return msda::MakeExecutor(problem, params, plan, workspaceSize, executor);
+    return msda::MakeExecutor(call, problem, params, plan, workspaceSize, executor);
   } catch (const std::bad_alloc&) {
     return Refuse(MSDA_ERROR_OUT_OF_MEMORY, "executor: out of host memory while planning");
   }

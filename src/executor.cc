@@ -3,6 +3,7 @@
 #include "executor.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -56,6 +57,88 @@ msdaStatus msdaSetExecutorRepeatable(msdaExecutor* executor) {
     return Refuse(MSDA_ERROR_INVALID_EXECUTOR, "executor: NULL or not a live executor");
   }
   executor->repeatable = true;
+  return MSDA_SUCCESS;
+}
+
+msdaStatus msdaExecutorSetData(msdaExecutor* executor, void* const* data, uint64_t count) {
+  msda::ClearError();
+  if (!msda::IsLiveExecutor(executor)) {
+    return Refuse(MSDA_ERROR_INVALID_EXECUTOR, "executor: NULL or not a live executor");
+  }
+  if (!executor->repeatable) {
+    return Refuse(MSDA_ERROR_INVALID_EXECUTOR,
+                  "executor: not repeatable (msdaSetExecutorRepeatable): a run call releases it, "
+                  "so it cannot be given new data");
+  }
+  const bool forward = executor->plan.direction == msda::Direction::kForward;
+  static const char* const kForwardNames[] = {
+      "value", "spatialShapes", "levelStartIndex", "samplingLocations", "attentionWeights",
+      "output"};
+  static const char* const kBackwardNames[] = {"value",
+                                               "spatialShapes",
+                                               "levelStartIndex",
+                                               "samplingLocations",
+                                               "attentionWeights",
+                                               "gradOutput",
+                                               "gradValue",
+                                               "gradSamplingLocations",
+                                               "gradAttentionWeights"};
+  const char* const* names = forward ? kForwardNames : kBackwardNames;
+  const int n = executor->num_bindings;
+  if (count != static_cast<uint64_t>(n)) {
+    return Refuse(MSDA_ERROR_INVALID_VALUE, "count: this executor's GetWorkspaceSize call had " +
+                                                std::to_string(n) + " tensor arguments, got " +
+                                                std::to_string(count));
+  }
+  if (data == nullptr) return Refuse(MSDA_ERROR_NULL_POINTER, "data: is NULL");
+  // Byte ranges [begin, end) the tensors reach in the new memory (empty: none).
+  uintptr_t begin[msda::kMaxBindings] = {}, end[msda::kMaxBindings] = {};
+  for (int i = 0; i < n; ++i) {
+    const msda::Binding& b = executor->bindings[i];
+    if (b.level_table) continue;  // Read at planning, never again.
+    if (!b.present) {
+      if (data[i] != nullptr) {
+        return Refuse(MSDA_ERROR_INVALID_VALUE,
+                      std::string(names[i]) +
+                          ": was NULL (not computed) at planning, so its data must be NULL");
+      }
+      continue;
+    }
+    if (b.span_end == b.span_begin) continue;
+    if (data[i] == nullptr) {
+      return Refuse(MSDA_ERROR_NULL_POINTER,
+                    std::string(names[i]) + ": data is NULL but the tensor has elements");
+    }
+    begin[i] = reinterpret_cast<uintptr_t>(data[i]) + static_cast<uintptr_t>(b.span_begin);
+    end[i] = reinterpret_cast<uintptr_t>(data[i]) + static_cast<uintptr_t>(b.span_end);
+  }
+  for (int i = 0; i < n; ++i) {
+    if (!executor->bindings[i].output || begin[i] == end[i]) continue;
+    for (int j = 0; j < n; ++j) {
+      if (j == i || begin[j] == end[j]) continue;
+      if (begin[i] < end[j] && begin[j] < end[i]) {
+        return Refuse(MSDA_ERROR_INVALID_LAYOUT,
+                      std::string(names[i]) + ": output memory overlaps " + names[j] +
+                          " (outputs must not share memory with any input or other output)");
+      }
+    }
+  }
+  auto at = [&](int i) -> char* {
+    return data[i] == nullptr ? nullptr
+                              : static_cast<char*>(data[i]) + executor->bindings[i].base_bytes;
+  };
+  msda::Params& p = executor->params;
+  p.value = at(0);
+  p.loc = at(3);
+  p.attn = at(4);
+  if (forward) {
+    p.out = at(5);
+  } else {
+    p.grad_out = at(5);
+    p.grad_value = at(6);
+    p.grad_loc = at(7);
+    p.grad_attn = at(8);
+  }
   return MSDA_SUCCESS;
 }
 

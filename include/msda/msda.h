@@ -188,6 +188,19 @@ MSDA_API msdaStatus msdaBackwardGetWorkspaceSizeEx(
  * the same tensors' memory, whose contents may change between runs, except spatial_shapes
  * and level_start_index, which were read at planning time). Free it with msdaDestroyExecutor. */
 MSDA_API msdaStatus msdaSetExecutorRepeatable(msdaExecutor* executor);
+/* Points a repeatable executor at new memory, as a setup step: data[i] becomes the data
+ * pointer of the i-th tensor argument of the GetWorkspaceSize call that made it, in that
+ * call's order (forward: value, spatialShapes, levelStartIndex, samplingLocations,
+ * attentionWeights, output, count 6; backward: value, spatialShapes, levelStartIndex,
+ * samplingLocations, attentionWeights, gradOutput, gradValue, gradSamplingLocations,
+ * gradAttentionWeights, count 9). Every tensor keeps the dims, dtype, strides and offset it
+ * was planned with, so a run after it computes what a fresh GetWorkspaceSize call on the new
+ * memory would, without validating and planning again. spatialShapes and levelStartIndex
+ * were read at planning and are not read again: their entries are ignored. A gradient that
+ * was NULL at planning stays skipped: its entry must be NULL. Refused, with the executor
+ * unchanged, when the executor is not live and repeatable, count differs, a tensor with
+ * elements gets NULL, or an output would overlap an input or another output. */
+MSDA_API msdaStatus msdaExecutorSetData(msdaExecutor* executor, void* const* data, uint64_t count);
 /* Frees an executor that was not released by a run call. NULL is accepted. */
 MSDA_API msdaStatus msdaDestroyExecutor(msdaExecutor* executor);
 

@@ -23,6 +23,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -112,21 +113,149 @@ class CallScope {
   int threads_;
 };
 
-// Plans and runs one call through `get` (a GetWorkspaceSize call) and `run`; false if the C
-// API refused any step (nothing was written then, except by a run that failed part way, which
-// the C API does not do for a planned call).
-template <typename Get, typename Run>
-bool Execute(Get get, Run run) {
-  CallScope scope;
-  uint64_t bytes = 0;
-  msdaExecutor* executor = nullptr;
-  if (get(&bytes, &executor) != MSDA_SUCCESS) return false;
-  void* workspace = msda_python::ThreadWorkspace(bytes);
-  if (bytes > 0 && workspace == nullptr) {
-    msdaDestroyExecutor(executor);
+// A thread's executors of its recent calls, made repeatable and pointed at each new call's
+// memory with msdaExecutorSetData: a call whose tensors have the dims, dtypes and strides of
+// an earlier one (and the same level tables and thread count, everything a plan depends on)
+// skips validation and planning, which cost more than a one-query call's kernels.
+class ExecutorCache {
+ public:
+  static constexpr size_t kEntries = 16;
+  ~ExecutorCache() {
+    for (Entry& e : entries_) msdaDestroyExecutor(e.executor);
+  }
+  // The executor planned for `key`, or null; a hit becomes the most recent entry.
+  msdaExecutor* Find(const std::vector<int64_t>& key, uint64_t* bytes) {
+    for (size_t i = entries_.size(); i-- > 0;) {
+      if (entries_[i].key != key) continue;
+      std::rotate(entries_.begin() + i, entries_.begin() + i + 1, entries_.end());
+      *bytes = entries_.back().bytes;
+      return entries_.back().executor;
+    }
+    return nullptr;
+  }
+  void Add(const std::vector<int64_t>& key, msdaExecutor* executor, uint64_t bytes) {
+    if (entries_.size() == kEntries) {
+      msdaDestroyExecutor(entries_.front().executor);
+      entries_.erase(entries_.begin());
+    }
+    entries_.push_back(Entry{key, executor, bytes});
+  }
+  int64_t hits = 0, misses = 0;
+
+ private:
+  struct Entry {
+    std::vector<int64_t> key;
+    msdaExecutor* executor;
+    uint64_t bytes;
+  };
+  std::vector<Entry> entries_;
+};
+
+ExecutorCache& ThreadCache() {
+  thread_local ExecutorCache cache;
+  return cache;
+}
+
+// Appends what a plan depends on of one tensor argument: its dtype, dims and strides (as View
+// describes them), or a marker for an absent one.
+void AppendTensor(const at::Tensor& t, std::vector<int64_t>* key) {
+  if (!t.defined()) {
+    key->push_back(-1);
+    return;
+  }
+  key->push_back(static_cast<int64_t>(t.scalar_type()));
+  key->push_back(t.dim());
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    key->push_back(t.size(i));
+    key->push_back(t.size(i) <= 1 ? 0 : t.stride(i));
+  }
+}
+
+// Appends an index tensor's values (the level tables, which the plan reads); false for one
+// that is not a CPU int32 / int64 tensor.
+bool AppendValues(const at::Tensor& t, std::vector<int64_t>* key) {
+  if (!t.defined() || !t.is_cpu() || t.dim() > 2 ||
+      (t.scalar_type() != at::kLong && t.scalar_type() != at::kInt)) {
     return false;
   }
-  return run(workspace, bytes, executor) == MSDA_SUCCESS;  // The run releases the executor.
+  const int64_t rows = t.dim() > 0 ? t.size(0) : 1, cols = t.dim() > 1 ? t.size(1) : 1;
+  const int64_t row_stride = t.dim() > 0 ? t.stride(0) : 0;
+  const int64_t col_stride = t.dim() > 1 ? t.stride(1) : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t at = r * row_stride + c * col_stride;
+      key->push_back(t.scalar_type() == at::kLong ? t.const_data_ptr<int64_t>()[at]
+                                                  : t.const_data_ptr<int32_t>()[at]);
+    }
+  }
+  return true;
+}
+
+// One call on the C API: the forward (6 tensors: value, spatial_shapes, level_start_index,
+// sampling_locations, attention_weights, output) or the backward (9: the five inputs,
+// grad_output, grad_value, grad_sampling_locations, grad_attention_weights, undefined for a
+// gradient not computed), through the thread's cached executor for such a call or a new one.
+// False if the C API refused the call (nothing written then).
+bool Run(bool forward, const at::Tensor* const* tensors, int count) {
+  CallScope scope;
+  thread_local std::vector<int64_t> key;
+  key.clear();
+  key.push_back(forward ? 1 : 2);
+  key.push_back(at::get_num_threads());
+  for (int i = 0; i < count; ++i) AppendTensor(*tensors[i], &key);
+  const bool cacheable = AppendValues(*tensors[1], &key) && AppendValues(*tensors[2], &key);
+  auto run = [forward](void* ws, uint64_t bytes, msdaExecutor* e) {
+    return forward ? msdaForward(ws, bytes, e, nullptr) : msdaBackward(ws, bytes, e, nullptr);
+  };
+  ExecutorCache& cache = ThreadCache();
+  uint64_t bytes = 0;
+  msdaExecutor* executor = cacheable ? cache.Find(key, &bytes) : nullptr;
+  if (executor != nullptr) {
+    void* data[9] = {};
+    const int first_output = forward ? 5 : 6;
+    for (int i = 0; i < count; ++i) {
+      const at::Tensor& t = *tensors[i];
+      if (i == 1 || i == 2 || !t.defined()) continue;  // The level tables: read at planning.
+      data[i] = i < first_output ? const_cast<void*>(t.const_data_ptr()) : t.mutable_data_ptr();
+    }
+    if (msdaExecutorSetData(executor, data, static_cast<uint64_t>(count)) == MSDA_SUCCESS) {
+      void* workspace = msda_python::ThreadWorkspace(bytes);
+      if (bytes > 0 && workspace == nullptr) return false;
+      ++cache.hits;
+      return run(workspace, bytes, executor) == MSDA_SUCCESS;
+    }
+    // Refused (outputs on inputs' memory): planning refuses it too, naming the rule.
+  }
+  TensorPtr views[9];
+  for (int i = 0; i < count; ++i) {
+    if (!tensors[i]->defined()) continue;
+    views[i] = View(*tensors[i]);
+    if (!views[i]) return false;
+  }
+  const msdaStatus planned =
+      forward
+          ? msdaForwardGetWorkspaceSize(views[0].get(), views[1].get(), views[2].get(),
+                                        views[3].get(), views[4].get(), views[5].get(), &bytes,
+                                        &executor)
+          : msdaBackwardGetWorkspaceSize(
+                views[0].get(), views[1].get(), views[2].get(), views[3].get(), views[4].get(),
+                views[5].get(), views[6].get(), views[7].get(), views[8].get(), &bytes, &executor);
+  if (planned != MSDA_SUCCESS) return false;
+  if (cacheable) msdaSetExecutorRepeatable(executor);  // Kept: runs do not release it.
+  void* workspace = msda_python::ThreadWorkspace(bytes);
+  const bool ok =
+      (bytes == 0 || workspace != nullptr) && run(workspace, bytes, executor) == MSDA_SUCCESS;
+  if (!cacheable) {
+    if (bytes > 0 && workspace == nullptr) msdaDestroyExecutor(executor);  // Not run: not freed.
+    return ok;
+  }
+  if (ok) {
+    ++cache.misses;
+    cache.Add(key, executor, bytes);
+  } else {
+    msdaDestroyExecutor(executor);
+  }
+  return ok;
 }
 
 // The forward on the C API; an undefined tensor if it refused the call.
@@ -136,16 +265,9 @@ at::Tensor ForwardCore(const at::Tensor& value, const at::Tensor& spatial_shapes
   if (value.dim() != 4 || locations.dim() != 6) return at::Tensor();
   at::Tensor out =
       at::empty({value.size(0), locations.size(1), value.size(2) * value.size(3)}, value.options());
-  TensorPtr v = View(value), s = View(spatial_shapes), l = View(level_start_index),
-            loc = View(locations), a = View(weights), o = View(out);
-  if (!v || !s || !l || !loc || !a || !o) return at::Tensor();
-  const bool ok = Execute(
-      [&](uint64_t* bytes, msdaExecutor** e) {
-        return msdaForwardGetWorkspaceSize(v.get(), s.get(), l.get(), loc.get(), a.get(), o.get(),
-                                           bytes, e);
-      },
-      [](void* ws, uint64_t bytes, msdaExecutor* e) { return msdaForward(ws, bytes, e, nullptr); });
-  return ok ? out : at::Tensor();
+  const at::Tensor* tensors[6] = {&value,     &spatial_shapes, &level_start_index,
+                                  &locations, &weights,        &out};
+  return Run(/*forward=*/true, tensors, 6) ? out : at::Tensor();
 }
 
 // The public ops, for everything the C API path does not take.
@@ -182,25 +304,12 @@ bool BackwardCore(const at::Tensor& grad_output, const std::vector<at::Tensor>& 
                   const bool needs[3], std::vector<at::Tensor>* grads) {
   const at::Tensor* likes[3] = {&saved[0], &saved[3], &saved[4]};
   grads->assign(3, at::Tensor());
-  TensorPtr views[3];
   for (int i = 0; i < 3; ++i) {
-    if (!needs[i]) continue;
-    (*grads)[i] = at::empty_like(*likes[i], at::MemoryFormat::Contiguous);
-    views[i] = View((*grads)[i]);
-    if (!views[i]) return false;
+    if (needs[i]) (*grads)[i] = at::empty_like(*likes[i], at::MemoryFormat::Contiguous);
   }
-  TensorPtr v = View(saved[0]), s = View(saved[1]), l = View(saved[2]), loc = View(saved[3]),
-            a = View(saved[4]), g = View(grad_output);
-  if (!v || !s || !l || !loc || !a || !g) return false;
-  return Execute(
-      [&](uint64_t* bytes, msdaExecutor** e) {
-        return msdaBackwardGetWorkspaceSize(v.get(), s.get(), l.get(), loc.get(), a.get(), g.get(),
-                                            views[0].get(), views[1].get(), views[2].get(), bytes,
-                                            e);
-      },
-      [](void* ws, uint64_t bytes, msdaExecutor* e) {
-        return msdaBackward(ws, bytes, e, nullptr);
-      });
+  const at::Tensor* tensors[9] = {&saved[0],    &saved[1],    &saved[2],    &saved[3],   &saved[4],
+                                  &grad_output, &(*grads)[0], &(*grads)[1], &(*grads)[2]};
+  return Run(/*forward=*/false, tensors, 9);
 }
 
 class MsDeformAttnFunction : public torch::autograd::Function<MsDeformAttnFunction> {
@@ -248,12 +357,19 @@ at::Tensor MsDeformAttnEager(const at::Tensor& value, const at::Tensor& spatial_
   return MsDeformAttnFunction::apply(value, spatial_shapes, level_start_index, locations, weights);
 }
 
+// The calling thread's executor cache hits and misses (for the tests).
+std::vector<int64_t> CacheStats() {
+  const ExecutorCache& cache = ThreadCache();
+  return {cache.hits, cache.misses};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(msda, m) {
   m.def(
       "_ms_deform_attn_eager(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+  m.def("_eager_cache_stats() -> int[]", &CacheStats);
 }
 
 // Above autograd: the kernel makes the node itself. The op is called only on CPU tensors with

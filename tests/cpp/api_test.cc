@@ -222,6 +222,127 @@ TEST(Executor, RepeatableBackwardSeesNewInputs) {
   EXPECT_EQ(msdaDestroyExecutor(ex), MSDA_SUCCESS);
 }
 
+// msdaExecutorSetData: a repeatable executor planned on one call's tensors, pointed at another
+// call's memory (same dims, dtypes, strides and offsets), computes that call's result, the
+// same bits as a fresh plan on it, and leaves the first call's memory alone.
+TEST(Executor, SetDataPointsARepeatableForwardAtNewMemory) {
+  ForwardCall a(SmallProblem()), b(MsdaTester(SmallProblem()).Seed(5)), fresh(SmallProblem());
+  uint64_t ws = 0;
+  msdaExecutor* ex = nullptr;
+  ASSERT_EQ(a.Plan(&ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  ASSERT_EQ(msdaSetExecutorRepeatable(ex), MSDA_SUCCESS);
+  Workspace w(ws);
+  ASSERT_EQ(msdaForward(w.data(), ws, ex, nullptr), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  a.ExpectCorrect();
+  const std::vector<double> first = a.out.GetAll();
+  // spatialShapes and levelStartIndex are ignored: NULL for one of them here.
+  void* data[] = {b.inputs->value.data(), b.inputs->shapes.data(), nullptr,
+                  b.inputs->loc.data(),   b.inputs->attn.data(),   b.out.data()};
+  ASSERT_EQ(msdaExecutorSetData(ex, data, 6), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  w.Scramble();
+  ASSERT_EQ(msdaForward(w.data(), ws, ex, nullptr), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  b.ExpectCorrect();
+  EXPECT_EQ(a.out.GetAll(), first);
+  // The same bits as planning b afresh.
+  ChangeInputs(fresh.inputs.get(), nullptr, 5, fresh.t);
+  ASSERT_EQ(Current(*fresh.inputs).value, Current(*b.inputs).value);
+  uint64_t ws2 = 0;
+  msdaExecutor* ex2 = nullptr;
+  ASSERT_EQ(fresh.Plan(&ws2, &ex2), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  Workspace w2(ws2);
+  ASSERT_EQ(msdaForward(w2.data(), ws2, ex2, nullptr), MSDA_SUCCESS);
+  EXPECT_EQ(fresh.out.GetAll(), b.out.GetAll());
+  EXPECT_EQ(msdaDestroyExecutor(ex), MSDA_SUCCESS);
+}
+
+TEST(Executor, SetDataPointsARepeatableBackwardAtNewMemory) {
+  // An offset and padding on value: the executor adds the planned offset to the new data.
+  const MsdaTester base = MsdaTester(SmallProblem()).Dtype(MSDA_BFLOAT16).ValueLayout(Padded(3, 5));
+  BackwardCall a(base), b(MsdaTester(base).Seed(11));
+  uint64_t ws = 0;
+  msdaExecutor* ex = nullptr;
+  ASSERT_EQ(a.Plan(&ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  ASSERT_EQ(msdaSetExecutorRepeatable(ex), MSDA_SUCCESS);
+  Workspace w(ws);
+  ASSERT_EQ(msdaBackward(w.data(), ws, ex, nullptr), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  a.ExpectCorrect();
+  const std::vector<double> first = a.grad_value.GetAll();
+  void* data[] = {b.inputs->value.data(),
+                  nullptr,
+                  nullptr,
+                  b.inputs->loc.data(),
+                  b.inputs->attn.data(),
+                  b.grad_out.data(),
+                  b.grad_value.data(),
+                  b.grad_loc.data(),
+                  b.grad_attn.data()};
+  ASSERT_EQ(msdaExecutorSetData(ex, data, 9), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  w.Scramble();
+  ASSERT_EQ(msdaBackward(w.data(), ws, ex, nullptr), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  b.ExpectCorrect();
+  EXPECT_EQ(a.grad_value.GetAll(), first);
+  EXPECT_EQ(msdaDestroyExecutor(ex), MSDA_SUCCESS);
+}
+
+TEST(Executor, SetDataRefusalsLeaveTheExecutorAsItWas) {
+  ForwardCall a(SmallProblem()), b(MsdaTester(SmallProblem()).Seed(5));
+  uint64_t ws = 0;
+  msdaExecutor* ex = nullptr;
+  ASSERT_EQ(a.Plan(&ws, &ex), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  void* data[] = {b.inputs->value.data(), nullptr,     nullptr, b.inputs->loc.data(),
+                  b.inputs->attn.data(),  b.out.data()};
+  auto expect_refused = [&](msdaStatus status, const char* names) {
+    EXPECT_NE(std::string(msdaGetLastErrorMessage()).find(names), std::string::npos)
+        << msdaGetLastErrorMessage();
+    (void)status;
+  };
+  // Not repeatable: a run would release it.
+  EXPECT_EQ(msdaExecutorSetData(ex, data, 6), MSDA_ERROR_INVALID_EXECUTOR);
+  expect_refused(MSDA_ERROR_INVALID_EXECUTOR, "repeatable");
+  ASSERT_EQ(msdaSetExecutorRepeatable(ex), MSDA_SUCCESS);
+  EXPECT_EQ(msdaExecutorSetData(nullptr, data, 6), MSDA_ERROR_INVALID_EXECUTOR);
+  EXPECT_EQ(msdaExecutorSetData(ex, data, 9), MSDA_ERROR_INVALID_VALUE);
+  expect_refused(MSDA_ERROR_INVALID_VALUE, "count");
+  EXPECT_EQ(msdaExecutorSetData(ex, nullptr, 6), MSDA_ERROR_NULL_POINTER);
+  void* no_value[] = {nullptr, nullptr, nullptr, data[3], data[4], data[5]};
+  EXPECT_EQ(msdaExecutorSetData(ex, no_value, 6), MSDA_ERROR_NULL_POINTER);
+  expect_refused(MSDA_ERROR_NULL_POINTER, "value");
+  // The output on an input's memory, and on the inputs of the first call.
+  void* aliased[] = {data[0], nullptr, nullptr, data[3], data[4], data[0]};
+  EXPECT_EQ(msdaExecutorSetData(ex, aliased, 6), MSDA_ERROR_INVALID_LAYOUT);
+  expect_refused(MSDA_ERROR_INVALID_LAYOUT, "output memory overlaps value");
+  // Every refusal left the executor on a's memory.
+  Workspace w(ws);
+  ASSERT_EQ(msdaForward(w.data(), ws, ex, nullptr), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  a.ExpectCorrect();
+  EXPECT_TRUE(b.Untouched());
+  EXPECT_EQ(msdaDestroyExecutor(ex), MSDA_SUCCESS);
+
+  // A gradient skipped at planning stays skipped.
+  BackwardCall g(SmallProblem());
+  ASSERT_EQ(msdaBackwardGetWorkspaceSize(g.inputs->value.get(), g.inputs->shapes.get(),
+                                         g.inputs->starts.get(), g.inputs->loc.get(),
+                                         g.inputs->attn.get(), g.grad_out.get(), nullptr,
+                                         g.grad_loc.get(), g.grad_attn.get(), &ws, &ex),
+            MSDA_SUCCESS)
+      << msdaGetLastErrorMessage();
+  ASSERT_EQ(msdaSetExecutorRepeatable(ex), MSDA_SUCCESS);
+  void* grads[] = {g.inputs->value.data(),
+                   nullptr,
+                   nullptr,
+                   g.inputs->loc.data(),
+                   g.inputs->attn.data(),
+                   g.grad_out.data(),
+                   g.grad_value.data(),
+                   g.grad_loc.data(),
+                   g.grad_attn.data()};
+  EXPECT_EQ(msdaExecutorSetData(ex, grads, 9), MSDA_ERROR_INVALID_VALUE);
+  expect_refused(MSDA_ERROR_INVALID_VALUE, "gradValue");
+  grads[6] = nullptr;
+  EXPECT_EQ(msdaExecutorSetData(ex, grads, 9), MSDA_SUCCESS) << msdaGetLastErrorMessage();
+  EXPECT_EQ(msdaDestroyExecutor(ex), MSDA_SUCCESS);
+}
+
 TEST(Executor, TensorsMayBeDestroyedBeforeTheRun) {
   // Only the memory must stay valid until the run; the views are recorded.
   ForwardCall call(SmallProblem());

@@ -196,3 +196,76 @@ def test_variants_and_no_grad_keep_their_paths():
         assert msda.ms_deform_attn(v, ss, lsi, loc, attn).grad_fn is None
     with torch.inference_mode():
         assert msda.ms_deform_attn(v, ss, lsi, loc, attn).grad_fn is None
+
+
+def _stats():
+    hits, misses = torch.ops.msda._eager_cache_stats()
+    return hits, misses
+
+
+def test_repeated_layouts_reuse_their_executors_with_the_same_bits(monkeypatch):
+    # Three calls on different memory with one layout: one plan per direction, then hits; each
+    # result is the Python node's, bit for bit.
+    results = []
+    before = _stats()
+    for seed in (21, 22, 23):
+        args = make_inputs(B=2, Q=9, H=3, D=6, P=2, dtype=torch.float32, safe=True, seed=seed)
+        results.append((args, _run(args, (True, True, True))))
+    hits, misses = (a - b for a, b in zip(_stats(), before))
+    assert misses <= 2 and hits >= 4
+    _python_node(monkeypatch)
+    for args, (out, grads) in results:
+        expected_out, expected_grads = _run(args, (True, True, True))
+        torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+        for a, e in zip(grads, expected_grads):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+def test_what_a_plan_depends_on_is_part_of_the_key(monkeypatch):
+    # Same dims and strides but other level tables, another thread count, other strides, or
+    # another subset of gradients: each is planned afresh and gives the Python node's bits.
+    v, ss, lsi, loc, attn = make_inputs(B=1, Q=5, H=2, D=4, P=2, levels=((6, 8), (3, 4)),
+                                        dtype=torch.float32, safe=True, seed=30)
+    other_ss = torch.tensor([[8, 6], [4, 3]])  # Same key count (48 + 12), other shapes.
+    # Same values, head-major strides (dense, so _run's clone keeps them).
+    head_major = v.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    cases = [
+        (v, ss, lsi, loc, attn, (True, True, True), 1),
+        (v, other_ss, lsi, loc, attn, (True, True, True), 1),
+        (v, ss, lsi, loc, attn, (True, True, True), 2),
+        (head_major, ss, lsi, loc, attn, (True, True, True), 1),
+        (v, ss, lsi, loc, attn, (True, False, True), 1),
+    ]
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for i, (*args, needs, n) in enumerate(cases):
+            torch.set_num_threads(n)
+            before = _stats()
+            got.append(_run(args, needs))
+            if i > 0:  # Each differs from the first in one thing: a miss, planned afresh.
+                assert _stats()[1] - before[1] >= 1, i
+        _python_node(monkeypatch)
+        for (*args, needs, n), (out, grads) in zip(cases, got):
+            torch.set_num_threads(n)
+            expected_out, expected_grads = _run(args, needs)
+            torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+            for a, e in zip(grads, expected_grads):
+                torch.testing.assert_close(a, e, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_hit_reads_the_new_contents_of_the_same_memory():
+    args = make_inputs(B=1, Q=4, H=2, D=4, P=2, dtype=torch.float64, safe=True, seed=40)
+    v, ss, lsi, loc, attn = args
+    first = msda.ms_deform_attn(v.requires_grad_(True), ss, lsi, loc, attn)
+    with torch.no_grad():
+        v.mul_(-2.0)
+        loc.add_(0.01)
+    before = _stats()
+    second = msda.ms_deform_attn(v, ss, lsi, loc, attn)
+    assert _stats()[0] > before[0]  # The executor of the first call, on the same memory.
+    assert_close(second.detach(), ms_deform_attn_ref(v.detach(), ss, lsi, loc, attn),
+                 dtype=torch.float64)
+    assert not torch.equal(first, second)
