@@ -12,10 +12,13 @@
 // registrations serve every other call.
 //
 // The forward and backward run the C API on the tensors' memory, on PyTorch's intra-op
-// threads (at::parallel_for as msda's parallel runner). Anything the C API refuses is handed to
-// the public ops through the dispatcher, whose Python kernels raise the error the Python path
-// raises (ValueError / TypeError naming the argument, MemoryError with the bytes); so does a
-// backward with create_graph=True, which then records the backward op as the Python node does.
+// threads (at::parallel_for as msda's parallel runner). Each thread keeps the repeatable
+// executors of its recent call layouts and points them at a new call's memory
+// (msdaExecutorSetData) instead of validating and planning again (ExecutorCache). Anything the C
+// API refuses is handed to the public ops through the dispatcher, whose Python kernels raise the
+// error the Python path raises (ValueError / TypeError naming the argument, MemoryError with the
+// bytes); so does a backward with create_graph=True, which then records the backward op as the
+// Python node does.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -164,6 +167,7 @@ void AppendTensor(const at::Tensor& t, std::vector<int64_t>* key) {
     return;
   }
   key->push_back(static_cast<int64_t>(t.scalar_type()));
+  key->push_back(t.is_cpu() && t.layout() == at::kStrided ? t.dim() : -2);  // View refuses.
   key->push_back(t.dim());
   for (int64_t i = 0; i < t.dim(); ++i) {
     key->push_back(t.size(i));
