@@ -579,10 +579,12 @@ def ms_deform_attn(
         counts, _ = check_variant(num_points_list, method)
         if not direct:
             return _forward_op(*tensors, counts, method)
-    # What the op's Autograd kernel and CPU kernel would do, without the dispatcher.
+    # What the op's Autograd kernel and CPU kernel would do, without the dispatcher. The C++
+    # node's op (where loaded) also serves calls without a gradient: its cached executors
+    # skip the planning a call through msda._C does.
+    if counts is None and method == "default" and _eager_op is not None:
+        return _eager_op(*tensors)
     if _needs_graph(value, sampling_locations, attention_weights):
-        if counts is None and method == "default" and _eager_op is not None:
-            return _eager_op(*tensors)
         return _MsDeformAttnFunction.apply(*tensors, counts, method)
     return _forward_run(tensors, *_variant(counts, method, spatial_shapes))
 

@@ -27,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -92,8 +93,12 @@ TensorPtr View(const at::Tensor& t) {
 
 // msdaParallelRunner on PyTorch's intra-op threads: its OpenMP team or native pool, whichever
 // this torch build uses. Each chunk at::parallel_for makes runs work with its indices.
+// Chunks run on a thread other than the caller (for the tests: the team really ran).
+std::atomic<int64_t> worker_chunks{0};
+
 void TorchRunner(msdaParallelWork work, void* context, int32_t num_threads, void*) {
   at::parallel_for(0, num_threads, 1, [&](int64_t begin, int64_t end) {
+    if (at::get_thread_num() != 0) worker_chunks.fetch_add(1, std::memory_order_relaxed);
     for (int64_t i = begin; i < end; ++i) work(context, static_cast<int32_t>(i));
   });
 }
@@ -361,10 +366,11 @@ at::Tensor MsDeformAttnEager(const at::Tensor& value, const at::Tensor& spatial_
   return MsDeformAttnFunction::apply(value, spatial_shapes, level_start_index, locations, weights);
 }
 
-// The calling thread's executor cache hits and misses (for the tests).
-std::vector<int64_t> CacheStats() {
+// The calling thread's executor cache hits and misses, and the chunks of parallel sections
+// run on PyTorch's worker threads so far (for the tests).
+std::vector<int64_t> Stats() {
   const ExecutorCache& cache = ThreadCache();
-  return {cache.hits, cache.misses};
+  return {cache.hits, cache.misses, worker_chunks.load(std::memory_order_relaxed)};
 }
 
 }  // namespace
@@ -373,7 +379,7 @@ TORCH_LIBRARY_FRAGMENT(msda, m) {
   m.def(
       "_ms_deform_attn_eager(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
-  m.def("_eager_cache_stats() -> int[]", &CacheStats);
+  m.def("_eager_stats() -> int[]", &Stats);
 }
 
 // Above autograd: the kernel makes the node itself. The op is called only on CPU tensors with

@@ -199,7 +199,7 @@ def test_variants_and_no_grad_keep_their_paths():
 
 
 def _stats():
-    hits, misses = torch.ops.msda._eager_cache_stats()
+    hits, misses, _ = torch.ops.msda._eager_stats()
     return hits, misses
 
 
@@ -269,3 +269,19 @@ def test_a_hit_reads_the_new_contents_of_the_same_memory():
     assert_close(second.detach(), ms_deform_attn_ref(v.detach(), ss, lsi, loc, attn),
                  dtype=torch.float64)
     assert not torch.equal(first, second)
+
+
+def test_sections_run_on_pytorchs_worker_threads():
+    # at::parallel_for's OpenMP loop is compiled into the library (it is inline): without
+    # -fopenmp it would run every section on the calling thread.
+    args = make_inputs(B=2, Q=400, H=4, D=16, P=4, levels=((24, 32), (12, 16)),
+                       dtype=torch.float32, safe=True, seed=50)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        before = torch.ops.msda._eager_stats()[2]
+        for _ in range(3):
+            _run(args, (True, True, True))
+        assert torch.ops.msda._eager_stats()[2] > before
+    finally:
+        torch.set_num_threads(threads)
