@@ -85,25 +85,34 @@ struct ForwardKernel : KernelContext {
     const int64_t heads = h_end - h_begin;
     const int64_t items = (q_end - q_begin) * heads;
     // Without the head-major copy the value rows mostly miss the caches (docs/design.md):
-    // the next item's rows are fetched while this one's are gathered (decoder, one thread:
-    // 1.2-1.8x). The copy's rows are mostly cached, and prefetching them gains nothing.
+    // the next item's rows are fetched while this one's are gathered, two for every two
+    // corners gathered (RowPrefetch). The copy's rows are mostly cached, and prefetching them
+    // gains nothing.
     const bool prefetch_rows = !plan.forward.head_major && dim_stride == 1;
     int64_t count = BuildCornerList(batch, q_begin, h_begin, scratch, rows[0], weights[0]);
     for (int64_t i = 0; i < items; ++i) {
       const int cur = static_cast<int>(i & 1);
       const int64_t q = q_begin + i / heads, head = h_begin + i % heads;
       int64_t next_count = 0;
+      RowPrefetch ahead;
       if (i + 1 < items) {
         const int64_t q1 = q_begin + (i + 1) / heads, head1 = h_begin + (i + 1) % heads;
         next_count = BuildCornerList(batch, q1, head1, scratch, rows[1 - cur], weights[1 - cur]);
-        if (prefetch_rows) PrefetchRows(ValueOf(batch, head1), rows[1 - cur], next_count);
+        if (prefetch_rows) {
+          ahead = RowPrefetch(ValueOf(batch, head1), rows[1 - cur], next_count,
+                              key_stride * int64_t{sizeof(T)}, p.dims * int64_t{sizeof(T)});
+        }
       }
       if (heads == 1 && q + kQueriesAhead < q_end) {
         PrefetchQuery(batch, q + kQueriesAhead, head);
       }
       const T* value = ValueOf(batch, head);
       if (dim_stride == 1) {
-        GatherRows<T, Acc>(value, rows[cur], key_stride, weights[cur], count, p.dims, acc);
+        if (prefetch_rows) {
+          GatherRows<T, Acc>(value, rows[cur], key_stride, weights[cur], count, p.dims, acc, ahead);
+        } else {
+          GatherRows<T, Acc>(value, rows[cur], key_stride, weights[cur], count, p.dims, acc);
+        }
       } else {
         std::fill(acc, acc + p.dims, Acc(0));
         for (int64_t k = 0; k < count; ++k) {
@@ -113,15 +122,6 @@ struct ForwardKernel : KernelContext {
       }
       Write(static_cast<T*>(prm.out), batch, q, head, acc);
       count = next_count;
-    }
-  }
-
-  // Starts loading the `count` value rows a corner list names.
-  void PrefetchRows(const T* value, const int32_t* rows, int64_t count) const {
-    const int64_t key_stride = KeyStride();
-    const int64_t row_bytes = p.dims * int64_t{sizeof(T)};
-    for (int64_t k = 0; k < count; ++k) {
-      PrefetchSpan(value + int64_t{rows[k]} * key_stride, row_bytes);
     }
   }
 

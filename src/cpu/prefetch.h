@@ -32,6 +32,44 @@ inline void PrefetchSpan(const void* at, int64_t bytes) {
   }
 }
 
+// The value rows of a corner list that a kernel will gather next, fetched a few at a time
+// while it gathers the current list (GatherRows), so that the fetches spread over the gather
+// instead of arriving as one burst that fills the core's miss buffers and stalls it. Row i is
+// `row_bytes` at base + rows[i] * row_stride (bytes).
+struct RowPrefetch {
+  const char* base = nullptr;
+  const int32_t* rows = nullptr;
+  int64_t count = 0;       // Rows in the list; Fetch ignores indices at or past it.
+  int64_t row_stride = 0;  // Bytes between key rows.
+  int64_t lines = 0;       // Cache lines per row, at most 8 (512 bytes, as PrefetchSpan).
+
+  RowPrefetch() = default;
+  RowPrefetch(const void* value, const int32_t* list, int64_t n, int64_t stride_bytes,
+              int64_t row_bytes)
+      : base(static_cast<const char*>(value)), rows(list), count(n), row_stride(stride_bytes) {
+    // Rows that all start on a line span ceil(bytes / 64) lines; others one more.
+    const bool aligned =
+        ((reinterpret_cast<uintptr_t>(value) | static_cast<uintptr_t>(stride_bytes)) & 63) == 0;
+    lines = std::min<int64_t>((row_bytes + 63) / 64 + (aligned ? 0 : 1), 8);
+  }
+
+  void Fetch(int64_t i) const {
+    if (i >= count) return;
+    const char* at = base + int64_t{rows[i]} * row_stride;
+    if (lines == 2) {  // 128-byte rows: D = 32 fp32, D = 64 half; the common case.
+      PrefetchLine(at);
+      PrefetchLine(at + 64);
+      return;
+    }
+    // An unaligned row's last line is the one holding its last byte.
+    for (int64_t l = 0; l < lines; ++l) PrefetchLine(at + 64 * l);
+  }
+  // Rows [i, count): what the gather's own walk did not reach.
+  void FetchFrom(int64_t i) const {
+    for (; i < count; ++i) Fetch(i);
+  }
+};
+
 }  // namespace cpu
 }  // namespace msda
 

@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "cpu/numeric.h"
+#include "cpu/prefetch.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -73,18 +74,32 @@ HWY_INLINE hn::Vec<D> LoadRow(D d, const BFloat16* HWY_RESTRICT p) {
 // compilers keep a runtime-length accumulator in memory). Corners alternate between two
 // accumulator sets so that consecutive FMAs do not wait on each other; the sets are added at
 // the end, in the same order on every target and in the scalar tail.
-template <typename T, typename Acc, typename Index>
+//
+// `ahead` (a RowPrefetch, or NoRowPrefetch) is asked for the rows of the next corner list, two
+// for every pair of corners of the first sweep over them, the rest at the end; it changes no
+// result.
+struct NoRowPrefetch {
+  void Fetch(int64_t) const {}
+  void FetchFrom(int64_t) const {}
+};
+
+template <typename T, typename Acc, typename Index, typename Ahead = NoRowPrefetch>
 HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const Index* HWY_RESTRICT offsets,
                            int64_t scale, const Acc* HWY_RESTRICT weights, int64_t count,
-                           int64_t dims, Acc* HWY_RESTRICT out) {
+                           int64_t dims, Acc* HWY_RESTRICT out, const Ahead& ahead = Ahead()) {
   const hn::ScalableTag<Acc> d;
   const int64_t n = static_cast<int64_t>(hn::Lanes(d));
   int64_t k = 0;
+  int64_t fetched = 0;  // Rows of `ahead` asked for so far.
   for (; k + 4 * n <= dims; k += 4 * n) {
     auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     auto b0 = hn::Zero(d), b1 = hn::Zero(d), b2 = hn::Zero(d), b3 = hn::Zero(d);
     int64_t i = 0;
     for (; i + 2 <= count; i += 2) {
+      if (k == 0) {
+        ahead.Fetch(i);
+        ahead.Fetch(i + 1);
+      }
       const T* r = base + int64_t{offsets[i]} * scale + k;
       const T* s = base + int64_t{offsets[i + 1]} * scale + k;
       const auto w = hn::Set(d, weights[i]);
@@ -110,11 +125,16 @@ HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const Index* HWY_RESTRICT
     hn::StoreU(hn::Add(a1, b1), d, out + k + n);
     hn::StoreU(hn::Add(a2, b2), d, out + k + 2 * n);
     hn::StoreU(hn::Add(a3, b3), d, out + k + 3 * n);
+    if (k == 0) fetched = i;
   }
   for (; k + 2 * n <= dims; k += 2 * n) {  // D = 32 on AVX-512: one sweep over the corners.
     auto a0 = hn::Zero(d), a1 = hn::Zero(d), b0 = hn::Zero(d), b1 = hn::Zero(d);
     int64_t i = 0;
     for (; i + 2 <= count; i += 2) {
+      if (k == 0) {
+        ahead.Fetch(i);
+        ahead.Fetch(i + 1);
+      }
       const T* r = base + int64_t{offsets[i]} * scale + k;
       const T* s = base + int64_t{offsets[i + 1]} * scale + k;
       const auto w = hn::Set(d, weights[i]);
@@ -132,11 +152,16 @@ HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const Index* HWY_RESTRICT
     }
     hn::StoreU(hn::Add(a0, b0), d, out + k);
     hn::StoreU(hn::Add(a1, b1), d, out + k + n);
+    if (k == 0) fetched = i;
   }
   for (; k + n <= dims; k += n) {
     auto a = hn::Zero(d), b = hn::Zero(d);
     int64_t i = 0;
     for (; i + 2 <= count; i += 2) {
+      if (k == 0) {
+        ahead.Fetch(i);
+        ahead.Fetch(i + 1);
+      }
       a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + int64_t{offsets[i]} * scale + k), a);
       b = hn::MulAdd(hn::Set(d, weights[i + 1]),
                      LoadRow(d, base + int64_t{offsets[i + 1]} * scale + k), b);
@@ -144,7 +169,9 @@ HWY_INLINE void GatherRows(const T* HWY_RESTRICT base, const Index* HWY_RESTRICT
     if (i < count)
       a = hn::MulAdd(hn::Set(d, weights[i]), LoadRow(d, base + int64_t{offsets[i]} * scale + k), a);
     hn::StoreU(hn::Add(a, b), d, out + k);
+    if (k == 0) fetched = i;
   }
+  ahead.FetchFrom(fetched);
   for (; k < dims; ++k) {
     Acc a = 0, b = 0;
     int64_t i = 0;
