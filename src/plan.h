@@ -102,9 +102,11 @@ struct BackwardPlan {
   bool flat_point_grads = false;
   bool by_head = false;
   bool interleaved_rows = false;  // By-head tasks read a contiguous copy of their head's rows.
-  // By-head tasks add into grad_value itself, zeroed first, instead of a buffer copied out:
-  // for a small dense grad_value in the accumulation type (without interleaved_rows), where
-  // the copy costs more than the work (a one-query call: a third of its backward).
+  // By-head tasks add into grad_value itself, zeroed first, instead of a buffer copied out
+  // (then no buffers): for a dense grad_value in the accumulation type, without
+  // interleaved_rows, that is small (a one-query call: the copy was a third of its backward),
+  // has one head, or is read by few corner rows per key (a decoder), where zeroing and copying
+  // out every head's rows costs more than the work.
   bool head_rows_in_grad_value = false;
   int head_workers = 0;             // Threads that run by-head tasks, one buffer each.
   int64_t head_buffers_offset = 0;  // head_workers buffers of head_buffer_bytes, each keys

@@ -11,6 +11,7 @@
 #define MSDA_SRC_CPU_BACKWARD_BY_HEAD_INL_H_
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -170,6 +171,7 @@ struct ByHead {
   const BackwardPoints<T, Loc, Acc>& k;
 
   static constexpr int64_t kQueriesAhead = 6;
+  static constexpr int64_t kZeroBlockBytes = int64_t{1} << 20;
   // (batch, query, head)'s slices of the locations, weights and grad_output, and of the
   // location and weight gradients: every cache line they touch.
   void PrefetchQuery(int64_t b, int64_t q, int64_t h) const {
@@ -201,11 +203,15 @@ struct ByHead {
     const ValueStrides& st = k.prm.grad_value_strides;
     // In place: grad_value is T == Acc, each batch item's [keys][heads][dims] dense.
     const bool in_place = plan_b.head_rows_in_grad_value;
-    if (in_place) {
-      for (int64_t b = 0; b < p.batch; ++b) {
-        std::memset(static_cast<char*>(k.prm.grad_value) + b * st.batch * int64_t{sizeof(Acc)}, 0,
-                    static_cast<size_t>(p.keys * p.heads * dims) * sizeof(Acc));
-      }
+    if (in_place) {  // Zeroed by the workers, in blocks of kZeroBlockBytes.
+      const int64_t item_bytes = p.keys * p.heads * dims * int64_t{sizeof(Acc)};
+      const int64_t blocks = (item_bytes + kZeroBlockBytes - 1) / kZeroBlockBytes;
+      ParallelFor(plan_b.head_workers, p.batch * blocks, [&](int64_t task, int) {
+        const int64_t b = task / blocks, offset = task % blocks * kZeroBlockBytes;
+        std::memset(
+            static_cast<char*>(k.prm.grad_value) + b * st.batch * int64_t{sizeof(Acc)} + offset, 0,
+            static_cast<size_t>(std::min(kZeroBlockBytes, item_bytes - offset)));
+      });
     }
     ParallelFor(plan_b.head_workers, p.batch * p.heads, [&](int64_t task, int worker) {
       const int64_t b = task / p.heads, h = task % p.heads;

@@ -90,13 +90,15 @@ struct ForwardKernel : KernelContext {
     // gains nothing.
     const bool prefetch_rows = !plan.forward.head_major && dim_stride == 1;
     int64_t count = BuildCornerList(batch, q_begin, h_begin, scratch, rows[0], weights[0]);
+    // Item i is (q, head); (q1, head1) is item i + 1, stepped without dividing.
+    int64_t q = q_begin, head = h_begin;
     for (int64_t i = 0; i < items; ++i) {
       const int cur = static_cast<int>(i & 1);
-      const int64_t q = q_begin + i / heads, head = h_begin + i % heads;
+      int64_t q1 = q, head1 = head + 1;
+      if (head1 == h_end) q1 = q + 1, head1 = h_begin;
       int64_t next_count = 0;
       RowPrefetch ahead;
       if (i + 1 < items) {
-        const int64_t q1 = q_begin + (i + 1) / heads, head1 = h_begin + (i + 1) % heads;
         next_count = BuildCornerList(batch, q1, head1, scratch, rows[1 - cur], weights[1 - cur]);
         if (prefetch_rows) {
           ahead = RowPrefetch(ValueOf(batch, head1), rows[1 - cur], next_count,
@@ -122,6 +124,7 @@ struct ForwardKernel : KernelContext {
       }
       Write(static_cast<T*>(prm.out), batch, q, head, acc);
       count = next_count;
+      q = q1, head = head1;
     }
   }
 

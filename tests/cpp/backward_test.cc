@@ -342,6 +342,18 @@ TEST_P(BackwardDeterminism, ByHeadAndCountingSortAgreeBitwise) {
   ExpectDeterministic(base, 1);
 }
 
+TEST_P(BackwardDeterminism, ByHeadInPlaceOnALargeGradValueReadByFewQueries) {
+  // 1.6 MiB of fp32 grad_value per batch item (6400 keys, 2 heads, D = 32) and 60 queries:
+  // by-head tasks add into grad_value itself, zeroed in 1 MiB blocks by the workers
+  // (plan_test.cc checks the rule); 8 threads run the counting sort. Two batch items, so the
+  // second item's rows start past the first's.
+  MsdaTester base;
+  base.Batch(2).Queries(60).Heads(2).Dims(32).Points(4).LevelShapes({{64, 80}, {32, 40}});
+  base.Dtype(GetParam()).LocRange(-0.05, 1.05);
+  ExpectDeterministic(base, 1);
+  base.Threads(2).TestBackward();
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardDeterminism,
                          ::testing::Values(MSDA_FLOAT32, MSDA_BFLOAT16),
                          [](const ::testing::TestParamInfo<msdaDataType>& i) {

@@ -407,7 +407,7 @@ TEST(BackwardPlan, ByHeadCopiesAHeadsRowsOnlyWhenManyQueriesShareThem) {
   EXPECT_EQ(plan.backward.head_row_bytes, p.dims * 4);
 }
 
-TEST(BackwardPlan, ByHeadAddsIntoASmallDenseGradValueInPlace) {
+TEST(BackwardPlan, ByHeadAddsIntoADenseGradValueInPlaceWhereBuffersCostMore) {
   Problem p = Encoder();
   p.queries = 1;
   p.levels = {{8, 8, 0}};  // 64 keys: 64 KiB of grad_value.
@@ -423,11 +423,30 @@ TEST(BackwardPlan, ByHeadAddsIntoASmallDenseGradValueInPlace) {
   half.value_dtype = half.loc_dtype = MSDA_BFLOAT16;
   ASSERT_TRUE(Backward(half, Threads(1), GradientSet{}, &plan, /*value_in_place=*/true));
   EXPECT_FALSE(plan.backward.head_rows_in_grad_value);
+  // A large one: in place where the queries read few corner rows per key (the decoder, 20 MiB
+  // of grad_value), with no buffers in the workspace; not where they read many (the encoder,
+  // whose tasks copy their head's rows).
   Problem decoder = Encoder();
   decoder.queries = 900;
   ASSERT_TRUE(Backward(decoder, Threads(1), GradientSet{}, &plan, /*value_in_place=*/true));
   ASSERT_TRUE(plan.backward.by_head);
+  EXPECT_TRUE(plan.backward.head_rows_in_grad_value);
+  EXPECT_EQ(plan.backward.head_buffer_bytes, 0);
+  EXPECT_LT(plan.workspace_bytes, uint64_t{1} << 20);
+  ASSERT_TRUE(Backward(decoder, Threads(1), GradientSet{}, &plan, /*value_in_place=*/false));
+  ASSERT_TRUE(plan.backward.by_head);
   EXPECT_FALSE(plan.backward.head_rows_in_grad_value);
+  EXPECT_GT(plan.backward.head_buffer_bytes, 0);
+  ASSERT_TRUE(Backward(Encoder(), Threads(1), GradientSet{}, &plan, /*value_in_place=*/true));
+  ASSERT_TRUE(plan.backward.by_head);
+  EXPECT_TRUE(plan.backward.interleaved_rows);
+  EXPECT_FALSE(plan.backward.head_rows_in_grad_value);
+  // One head: in place whatever the queries (its rows are dense anyway).
+  Problem one_head = Encoder();
+  one_head.heads = 1;
+  ASSERT_TRUE(Backward(one_head, Threads(1), GradientSet{}, &plan, /*value_in_place=*/true));
+  ASSERT_TRUE(plan.backward.by_head);
+  EXPECT_TRUE(plan.backward.head_rows_in_grad_value);
 }
 
 TEST(BackwardPlan, ByHeadBuffersStayWithinTheWorkspaceBudget) {
