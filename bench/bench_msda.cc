@@ -4,8 +4,8 @@
 // run; one thread against all threads. Never a timed test: run it by hand (see README).
 //
 //   bench_msda [--repeats N] [--shapes encoder,decoder,...] [--threads N] [--markdown FILE]
-//              [--uniform] [--vs-scalar] [--vs-no-prefetch] [--vs-counting-sort] [--hot-value]
-//              [--cold] [--misalign BYTES]
+//              [--uniform] [--vs-scalar] [--vs-counting-sort] [--hot-value]
+//              [--cold] [--misalign BYTES] [--gather-floor]
 #include <msda/msda.h>
 
 #include <algorithm>
@@ -241,12 +241,14 @@ bool g_cold = false;              // --cold: caches flushed before every timed c
 // Writes and reads a buffer twice the size of the last-level caches of most hosts (64 MiB),
 // which evicts the tensors a previous call left cached: what a call in a model sees after the
 // layers between two calls of the op.
-void FlushCaches() {
-  if (!g_cold) return;
+void EvictCaches() {
   static std::vector<char> junk(64 << 20);
   for (size_t i = 0; i < junk.size(); i += 64) junk[i] = static_cast<char>(junk[i] + 1);
   volatile char keep = junk[junk.size() / 2];
   (void)keep;
+}
+void FlushCaches() {
+  if (g_cold) EvictCaches();
 }
 
 Timing TimeCase(Case& c, int threads, int repeats) {
@@ -309,6 +311,84 @@ Timing TimeCase(Case& c, int threads, int repeats) {
   return timing;
 }
 
+// --gather-floor: what reading the value rows a forward gathers costs this machine with no
+// arithmetic, one thread, against the forward itself. The rows are the in-map corners of every
+// (batch, query, head) in the order the SIMD forward gathers them (all heads of a query in
+// turn; corner by corner over the points), read one 4-byte word per cache line; then the same
+// rows' distinct lines in address order (the best order any implementation could read them
+// in), and all of value streamed. Cold: caches evicted before every run.
+void PrintGatherFloor(Case& c, int repeats) {
+  const Shape& s = c.shape;
+  const int64_t L = static_cast<int64_t>(s.levels.size());
+  const int64_t row_lines = (s.dims * 4 + 63) / 64;
+  std::vector<int64_t> lines;  // Float offsets of every line of every corner row, in order.
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t q = 0; q < s.queries; ++q) {
+      for (int64_t h = 0; h < s.heads; ++h) {
+        const int64_t item = (b * s.queries + q) * s.heads + h;
+        for (int corner = 0; corner < 4; ++corner) {
+          for (int64_t i = 0; i < L * s.points; ++i) {
+            const int64_t l = i / s.points;
+            const auto [height, width] = s.levels[l];
+            const float x = c.loc[2 * (item * L * s.points + i)] * width - 0.5f;
+            const float y = c.loc[2 * (item * L * s.points + i) + 1] * height - 0.5f;
+            if (!(y > -1 && x > -1 && y < height && x < width)) continue;
+            const int64_t row = static_cast<int64_t>(std::floor(y)) + (corner >> 1);
+            const int64_t col = static_cast<int64_t>(std::floor(x)) + (corner & 1);
+            if (row < 0 || row >= height || col < 0 || col >= width) continue;
+            const int64_t key = c.starts[l] + row * width + col;
+            for (int64_t k = 0; k < row_lines; ++k) {
+              lines.push_back(((b * c.keys + key) * s.heads + h) * s.dims + 16 * k);
+            }
+          }
+        }
+      }
+    }
+  }
+  std::vector<int64_t> distinct = lines;
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(c.value.data());
+  volatile uint32_t sink = 0;
+  // Four independent chains, so that the reads, not the additions, set the pace.
+  auto read = [&](const std::vector<int64_t>& at) {
+    uint32_t a[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= at.size(); i += 4) {
+      for (int k = 0; k < 4; ++k) a[k] ^= words[at[i + k]];
+    }
+    for (; i < at.size(); ++i) a[0] ^= words[at[i]];
+    sink = sink + (a[0] ^ a[1] ^ a[2] ^ a[3]);
+  };
+  auto stream = [&] {
+    uint32_t a[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i + 64 <= c.value.size(); i += 64) {
+      for (int k = 0; k < 4; ++k) a[k] ^= words[i + 16 * k];
+    }
+    sink = sink + (a[0] ^ a[1] ^ a[2] ^ a[3]);
+  };
+  auto nothing = [] {};
+  const double order_cold = bench::MedianAfter(repeats, EvictCaches, [&] { read(lines); });
+  const double order_warm = bench::MedianAfter(repeats, nothing, [&] { read(lines); });
+  const double distinct_cold = bench::MedianAfter(repeats, EvictCaches, [&] { read(distinct); });
+  const double stream_cold = bench::MedianAfter(repeats, EvictCaches, stream);
+  const bool cold = g_cold;
+  g_cold = true;
+  const double forward_cold = TimeCase(c, 1, repeats).forward_s;
+  g_cold = false;
+  const double forward_warm = TimeCase(c, 1, repeats).forward_s;
+  g_cold = cold;
+  std::printf(
+      "gather floor, %s, 1 thread: %zu cache lines of corner rows (%zu distinct, %.1f MB of "
+      "%.1f MB of value)\n"
+      "  read in the forward's order, no arithmetic: %.2f ms cold, %.2f ms warm\n"
+      "  distinct lines in address order: %.2f ms cold; all of value streamed: %.2f ms cold\n"
+      "  the forward: %.2f ms cold, %.2f ms warm\n",
+      s.name.c_str(), lines.size(), distinct.size(), distinct.size() * 64 / 1e6,
+      c.value.size() * 4 / 1e6, order_cold * 1e3, order_warm * 1e3, distinct_cold * 1e3,
+      stream_cold * 1e3, forward_cold * 1e3, forward_warm * 1e3);
+}
+
 // Bytes that must move: every input read once, every output written once (fp32).
 double ForwardBytes(const Case& c) {
   return 4.0 * (c.value.size() + c.loc.size() + c.attn.size() + c.out.size());
@@ -329,7 +409,7 @@ int main(int argc, char** argv) {
   int all_threads = static_cast<int>(std::thread::hardware_concurrency());
   std::string only, markdown;
   bool uniform_locations = false;
-  bool vs_scalar = false, vs_sort = false, child_times = false;
+  bool vs_scalar = false, vs_sort = false, child_times = false, gather_floor = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -353,13 +433,15 @@ int main(int argc, char** argv) {
       g_cold = true;
     else if (arg == "--misalign")
       g_misalign = std::clamp(std::atoi(next().c_str()), 0, 63);
+    else if (arg == "--gather-floor")
+      gather_floor = true;
     else if (arg == "--child-times")
       child_times = true;
     else {
       std::printf(
           "usage: %s [--repeats N] [--threads N] [--shapes a,b] [--markdown FILE] [--uniform]\n"
           "          [--vs-scalar] [--vs-counting-sort] [--hot-value]\n"
-          "          [--cold] [--misalign BYTES]\n",
+          "          [--cold] [--misalign BYTES] [--gather-floor]\n",
           argv[0]);
       return arg == "--help" ? 0 : 2;
     }
@@ -378,6 +460,14 @@ int main(int argc, char** argv) {
       const Timing all = TimeCase(c, all_threads, repeats);
       std::printf("%s %.9f %.9f %.9f %.9f\n", shape.name.c_str(), one.forward_s, one.backward_s,
                   all.forward_s, all.backward_s);
+    }
+    return 0;
+  }
+  if (gather_floor) {
+    for (const Shape& shape : shapes) {
+      if (!only.empty() && only.find("," + shape.name + ",") == std::string::npos) continue;
+      Case c = MakeCase(shape, uniform_locations);
+      PrintGatherFloor(c, repeats);
     }
     return 0;
   }
