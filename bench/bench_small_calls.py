@@ -13,7 +13,8 @@ Deformable DETR, at 1 and 2 threads, with value evicted from the caches by the c
 target's figure), just produced by a Linear as in a model, and warm from msda's previous call.
 
 Every candidate is timed in round-robin over all of them (interleaved repeats, after a
-warm-up round); one sample of a small call is the mean of --number back-to-back calls, one
+warm-up round), with glibc told to keep freed blocks of up to 32 MiB in the heap (mallopt) so
+that no candidate's page faults depend on the process's allocator state; one sample of a small call is the mean of --number back-to-back calls, one
 sample of the decoder is one call; the figures are medians over the samples.
 
     python bench/bench_small_calls.py [--repeats N] [--number N] [--markdown]
