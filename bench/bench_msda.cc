@@ -316,7 +316,8 @@ Timing TimeCase(Case& c, int threads, int repeats) {
 // (batch, query, head) in the order the SIMD forward gathers them (all heads of a query in
 // turn; corner by corner over the points), read one 4-byte word per cache line; then the same
 // rows' distinct lines in address order (the best order any implementation could read them
-// in), and all of value streamed. Cold: caches evicted before every run.
+// in) and in random order (each line read once, in no order a prefetcher follows), and all of
+// value streamed. Cold: caches evicted before every run.
 void PrintGatherFloor(Case& c, int repeats) {
   const Shape& s = c.shape;
   const int64_t L = static_cast<int64_t>(s.levels.size());
@@ -348,6 +349,8 @@ void PrintGatherFloor(Case& c, int repeats) {
   std::vector<int64_t> distinct = lines;
   std::sort(distinct.begin(), distinct.end());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  std::vector<int64_t> shuffled = distinct;
+  std::shuffle(shuffled.begin(), shuffled.end(), std::mt19937_64(1));
   const uint32_t* words = reinterpret_cast<const uint32_t*>(c.value.data());
   volatile uint32_t sink = 0;
   // Four independent chains, so that the reads, not the additions, set the pace.
@@ -371,6 +374,7 @@ void PrintGatherFloor(Case& c, int repeats) {
   const double order_cold = bench::MedianAfter(repeats, EvictCaches, [&] { read(lines); });
   const double order_warm = bench::MedianAfter(repeats, nothing, [&] { read(lines); });
   const double distinct_cold = bench::MedianAfter(repeats, EvictCaches, [&] { read(distinct); });
+  const double shuffled_cold = bench::MedianAfter(repeats, EvictCaches, [&] { read(shuffled); });
   const double stream_cold = bench::MedianAfter(repeats, EvictCaches, stream);
   const bool cold = g_cold;
   g_cold = true;
@@ -382,11 +386,12 @@ void PrintGatherFloor(Case& c, int repeats) {
       "gather floor, %s, 1 thread: %zu cache lines of corner rows (%zu distinct, %.1f MB of "
       "%.1f MB of value)\n"
       "  read in the forward's order, no arithmetic: %.2f ms cold, %.2f ms warm\n"
-      "  distinct lines in address order: %.2f ms cold; all of value streamed: %.2f ms cold\n"
+      "  distinct lines in address order: %.2f ms cold, in random order: %.2f ms cold; all of "
+      "value streamed: %.2f ms cold\n"
       "  the forward: %.2f ms cold, %.2f ms warm\n",
       s.name.c_str(), lines.size(), distinct.size(), distinct.size() * 64 / 1e6,
       c.value.size() * 4 / 1e6, order_cold * 1e3, order_warm * 1e3, distinct_cold * 1e3,
-      stream_cold * 1e3, forward_cold * 1e3, forward_warm * 1e3);
+      shuffled_cold * 1e3, stream_cold * 1e3, forward_cold * 1e3, forward_warm * 1e3);
 }
 
 // Bytes that must move: every input read once, every output written once (fp32).
