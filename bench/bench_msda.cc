@@ -311,13 +311,39 @@ Timing TimeCase(Case& c, int threads, int repeats) {
   return timing;
 }
 
+// --gather-floor's machine line: one thread's time per read of a random cache line of buffers
+// of growing size, one word per line, reads independent of each other (so as many are in
+// flight as the core allows). Where it jumps is the cache this thread can actually use; the
+// largest buffer gives what a line from DRAM costs.
+void PrintRandomReads(int repeats) {
+  const size_t reads = size_t{1} << 21;
+  std::printf("random line reads, 1 thread, ns per read:");
+  for (const size_t mib : {1, 4, 8, 16, 32, 64}) {
+    const size_t lines = mib << 14;
+    Buffer<uint32_t> words(lines * 16, 1);
+    std::vector<uint32_t> at(reads);
+    std::mt19937_64 rng(mib);
+    for (uint32_t& a : at) a = static_cast<uint32_t>(rng() % lines) * 16;
+    volatile uint32_t sink = 0;
+    const double s = Fastest(repeats, [&] {
+      uint32_t a[4] = {0, 0, 0, 0};
+      for (size_t i = 0; i < reads; i += 4) {
+        for (int k = 0; k < 4; ++k) a[k] ^= words[at[i + k]];
+      }
+      sink = sink + (a[0] ^ a[1] ^ a[2] ^ a[3]);
+    });
+    std::printf(" %zu MiB %.2f%s", mib, s / reads * 1e9, mib == 64 ? "\n" : ",");
+  }
+}
+
 // --gather-floor: what reading the value rows a forward gathers costs this machine with no
 // arithmetic, one thread, against the forward itself. The rows are the in-map corners of every
 // (batch, query, head) in the order the SIMD forward gathers them (all heads of a query in
 // turn; corner by corner over the points), read one 4-byte word per cache line; then the same
 // rows' distinct lines in address order (the best order any implementation could read them
 // in) and in random order (each line read once, in no order a prefetcher follows), and all of
-// value streamed. Cold: caches evicted before every run.
+// value streamed; and the forward's reads folded into 512 KiB, so that every one hits L2 (what
+// issuing them costs). Cold: caches evicted before every run.
 void PrintGatherFloor(Case& c, int repeats) {
   const Shape& s = c.shape;
   const int64_t L = static_cast<int64_t>(s.levels.size());
@@ -351,6 +377,9 @@ void PrintGatherFloor(Case& c, int repeats) {
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
   std::vector<int64_t> shuffled = distinct;
   std::shuffle(shuffled.begin(), shuffled.end(), std::mt19937_64(1));
+  // The same reads folded into 512 KiB (every line an L2 hit): what issuing them costs.
+  std::vector<int64_t> folded = lines;
+  for (int64_t& at : folded) at &= (int64_t{1} << 17) - 1;
   const uint32_t* words = reinterpret_cast<const uint32_t*>(c.value.data());
   volatile uint32_t sink = 0;
   // Four independent chains, so that the reads, not the additions, set the pace.
@@ -376,6 +405,7 @@ void PrintGatherFloor(Case& c, int repeats) {
   const double distinct_cold = bench::MedianAfter(repeats, EvictCaches, [&] { read(distinct); });
   const double shuffled_cold = bench::MedianAfter(repeats, EvictCaches, [&] { read(shuffled); });
   const double stream_cold = bench::MedianAfter(repeats, EvictCaches, stream);
+  const double folded_warm = bench::MedianAfter(repeats, nothing, [&] { read(folded); });
   const bool cold = g_cold;
   g_cold = true;
   const double forward_cold = TimeCase(c, 1, repeats).forward_s;
@@ -385,13 +415,15 @@ void PrintGatherFloor(Case& c, int repeats) {
   std::printf(
       "gather floor, %s, 1 thread: %zu cache lines of corner rows (%zu distinct, %.1f MB of "
       "%.1f MB of value)\n"
-      "  read in the forward's order, no arithmetic: %.2f ms cold, %.2f ms warm\n"
+      "  read in the forward's order, no arithmetic: %.2f ms cold, %.2f ms warm, %.2f ms with "
+      "every line in L2\n"
       "  distinct lines in address order: %.2f ms cold, in random order: %.2f ms cold; all of "
       "value streamed: %.2f ms cold\n"
       "  the forward: %.2f ms cold, %.2f ms warm\n",
       s.name.c_str(), lines.size(), distinct.size(), distinct.size() * 64 / 1e6,
-      c.value.size() * 4 / 1e6, order_cold * 1e3, order_warm * 1e3, distinct_cold * 1e3,
-      shuffled_cold * 1e3, stream_cold * 1e3, forward_cold * 1e3, forward_warm * 1e3);
+      c.value.size() * 4 / 1e6, order_cold * 1e3, order_warm * 1e3, folded_warm * 1e3,
+      distinct_cold * 1e3, shuffled_cold * 1e3, stream_cold * 1e3, forward_cold * 1e3,
+      forward_warm * 1e3);
 }
 
 // Bytes that must move: every input read once, every output written once (fp32).
@@ -469,6 +501,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (gather_floor) {
+    PrintRandomReads(repeats);
     for (const Shape& shape : shapes) {
       if (!only.empty() && only.find("," + shape.name + ",") == std::string::npos) continue;
       Case c = MakeCase(shape, uniform_locations);
