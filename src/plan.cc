@@ -115,24 +115,28 @@ constexpr int64_t kCopyBlockKeys = 1024;
 constexpr int64_t kHeadRowsInGradValueBytes = int64_t{256} << 10;
 
 // Whether the queries read enough corner rows per key of each head (each query reads
-// L * P * 4 rows per head) to pay for a head-major copy of value, read and written once:
-// at least kCopyCornersPerKey. Measured (bench/bench_q_sweep.py, encoder map K=20197, H=8,
-// L=4, P=4, one thread, realistic and uniform locations): the copy loses about 20 % at
-// Q=500 (1.6 corner reads per key) and wins from Q=1000 (3.2), 1.2-1.4x at Q=1000 and
-// 1.5-2.5x from Q=2000 on, forward and backward; without it a point costs about the same
-// at every Q, with it the copy's fixed cost is amortised.
-constexpr int64_t kCopyCornersPerKey = 3;
+// L * P * 4 rows per head) to pay for a head-major copy of value, read and written once: at
+// least min_corners_per_key. Measured (bench/bench_q_sweep.py, encoder map K=20197, H=8, L=4,
+// P=4, one thread, realistic and uniform locations, value 64-byte aligned as PyTorch
+// allocates it): without the copy a point costs about the same at every Q, with it the
+// copy's fixed cost is amortised. The backward's copy wins from Q=1000 (3.2 corner reads per
+// key): kBackwardCopyCornersPerKey. The forward's loses 1.2-1.5x at Q=1000-1500 and wins from
+// Q=2500 (7.9), the two about even at Q=2000 (6.3): kForwardCopyCornersPerKey.
+constexpr int64_t kBackwardCopyCornersPerKey = 3;
+constexpr int64_t kForwardCopyCornersPerKey = 6;
 
-bool ManyCornersPerKey(const Problem& p) {
+bool ManyCornersPerKey(const Problem& p, int64_t min_corners_per_key) {
   int64_t corners = 0, points = 0;
   return PointCount(p, &points) && Product({4, p.queries, points}, &corners) &&
-         corners / kCopyCornersPerKey >= p.keys;
+         corners / min_corners_per_key >= p.keys;
 }
 
 // Whether a pass over the queries should read a head-major copy of value (see ForwardPlan):
-// when there are enough corner reads per key (or options.head_major_always) and the copy
-// fits its budget. Sets *bytes to the copy's size when it does.
-bool WantsHeadMajorCopy(const Problem& p, const PlannerOptions& options, int64_t* bytes) {
+// when there are at least min_corners_per_key corner reads per key (or
+// options.head_major_always) and the copy fits its budget. Sets *bytes to the copy's size
+// when it does.
+bool WantsHeadMajorCopy(const Problem& p, const PlannerOptions& options,
+                        int64_t min_corners_per_key, int64_t* bytes) {
   if (!options.head_major_copy) return false;
   int64_t value_bytes = ElementSize(p.value_dtype);
   const bool sizes_fit = !__builtin_mul_overflow(value_bytes, p.keys, &value_bytes) &&
@@ -141,7 +145,7 @@ bool WantsHeadMajorCopy(const Problem& p, const PlannerOptions& options, int64_t
   if (!sizes_fit || p.batch < 1 || p.heads < 2 || value_bytes > kHeadMajorCopyLimitBytes) {
     return false;
   }
-  if (!options.head_major_always && !ManyCornersPerKey(p)) return false;
+  if (!options.head_major_always && !ManyCornersPerKey(p, min_corners_per_key)) return false;
   *bytes = value_bytes;
   return true;
 }
@@ -163,17 +167,18 @@ bool MakeByHeadPlan(const Problem& p, const Machine& machine, bool dense_grad_va
       head_rows > (kWorkspaceBudgetBytes >> 3)) {
     return false;
   }
-  const bool copy = machine.options.head_major_copy && p.heads > 1 &&
-                    (machine.options.head_major_always || ManyCornersPerKey(p));
+  const bool copy =
+      machine.options.head_major_copy && p.heads > 1 &&
+      (machine.options.head_major_always || ManyCornersPerKey(p, kBackwardCopyCornersPerKey));
   // In place (see BackwardPlan::head_rows_in_grad_value): grad_value is dense in the
   // accumulation type, and either small, or one head, or read by few corners per key. The
   // buffers (zeroed, then copied out) cost more than the work there: on the decoder (20 MiB of
   // grad_value, 2.85 corner reads per key) by head in place is about 1.15x faster.
   int64_t grad_value_bytes = 0;
-  const bool in_place =
-      dense_grad_value && !copy &&
-      Product({p.keys, p.heads, p.dims, plan->acc_bytes}, &grad_value_bytes) &&
-      (grad_value_bytes <= kHeadRowsInGradValueBytes || p.heads == 1 || !ManyCornersPerKey(p));
+  const bool in_place = dense_grad_value && !copy &&
+                        Product({p.keys, p.heads, p.dims, plan->acc_bytes}, &grad_value_bytes) &&
+                        (grad_value_bytes <= kHeadRowsInGradValueBytes || p.heads == 1 ||
+                         !ManyCornersPerKey(p, kBackwardCopyCornersPerKey));
   // dims <= head_rows < 2^23: no overflow below. Rows 8-byte aligned for fp64 accumulators.
   const int64_t row_bytes =
       CeilDiv(p.dims * (plan->acc_bytes + (copy ? ElementSize(p.value_dtype) : 0)), 8) * 8;
@@ -312,7 +317,7 @@ bool MakeForwardPlan(const Problem& p, const Strides& st, const Machine& machine
     return false;
   }
   int64_t value_bytes = 0;
-  f.head_major = WantsHeadMajorCopy(p, machine.options, &value_bytes);
+  f.head_major = WantsHeadMajorCopy(p, machine.options, kForwardCopyCornersPerKey, &value_bytes);
   if (f.head_major) {
     // One head per tile over a long run of queries: the band of the copy that a run of
     // queries samples is then one head's (about 0.5 MiB on the encoder, within L2) instead of
@@ -456,8 +461,9 @@ bool MakeBackwardPlan(const Problem& p, const Strides& st, const Machine& machin
     // The copy only where the workspace stays within its budget (a strided or half-type
     // grad_value needs the accumulator as well).
     int64_t value_bytes = 0;
-    b.head_major = WantsHeadMajorCopy(p, machine.options, &value_bytes) &&
-                   layout.size() + value_bytes <= kWorkspaceBudgetBytes;
+    b.head_major =
+        WantsHeadMajorCopy(p, machine.options, kBackwardCopyCornersPerKey, &value_bytes) &&
+        layout.size() + value_bytes <= kWorkspaceBudgetBytes;
     if (b.head_major) {
       b.value_copy_offset = layout.Add(value_bytes, 1);
       b.copy_block_keys = kCopyBlockKeys;

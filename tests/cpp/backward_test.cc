@@ -385,7 +385,7 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, BackwardWholeVectorDims,
                          });
 
 // Head-major mode: enough queries per key that pass B reads a head-major copy of value
-// (plan_test.cc checks the forward's rule, which the backward shares). FLOAT32 and FLOAT64
+// (plan_test.cc checks the backward's rule). FLOAT32 and FLOAT64
 // also accumulate grad_value in place here; the half types go through the workspace.
 class BackwardHeadMajor : public ::testing::TestWithParam<msdaDataType> {
  protected:

@@ -129,16 +129,20 @@ TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
   p.queries = 900;  // The decoder: the copy would cost more than it saves.
   ASSERT_TRUE(Forward(p, Threads(2), &plan));
   EXPECT_FALSE(plan.forward.head_major);
-  // The measured threshold (bench_q_sweep.py): 3 corner reads per key of each head, here
-  // Q * 16 * 4 >= 3 * 20197, Q >= 947.
-  p.queries = 947;
+  // The measured thresholds (bench_q_sweep.py): the forward copies from 6 corner reads per key
+  // of each head, here Q * 16 * 4 >= 6 * 20197, Q >= 1894; the backward from 3, Q >= 947.
+  p.queries = 1894;
   ASSERT_TRUE(Forward(p, Threads(1), &plan));
   EXPECT_TRUE(plan.forward.head_major);
+  p.queries = 1893;
+  ASSERT_TRUE(Forward(p, Threads(1), &plan));
+  EXPECT_FALSE(plan.forward.head_major);
+  p.queries = 947;
+  ASSERT_TRUE(Forward(p, Threads(1), &plan));
+  EXPECT_FALSE(plan.forward.head_major);
   ASSERT_TRUE(Backward(p, Options(1, true), GradientSet{}, &plan, true));
   EXPECT_TRUE(plan.backward.by_head && plan.backward.interleaved_rows);
   p.queries = 946;
-  ASSERT_TRUE(Forward(p, Threads(1), &plan));
-  EXPECT_FALSE(plan.forward.head_major);
   ASSERT_TRUE(Backward(p, Options(1, true), GradientSet{}, &plan, true));
   EXPECT_FALSE(plan.backward.interleaved_rows);
   Machine always = Threads(1);  // MSDA_HEAD_MAJOR=always: the copy whatever the rule says.
@@ -148,10 +152,10 @@ TEST(ForwardPlan, CopiesValueHeadMajorOnlyWhenManyQueriesShareTheMap) {
   always.options.head_major_copy = false;  // Off wins.
   ASSERT_TRUE(Forward(p, always, &plan));
   EXPECT_FALSE(plan.forward.head_major);
-  // A decoder on a smaller map (Q=300, K=5440: 3.5 reads per key) copies; on 16 threads its
+  // A decoder on a smaller map (Q=600, K=5440: 7.1 reads per key) copies; on 16 threads its
   // one section still has at least 4 tiles a thread.
   p = Encoder();
-  p.queries = 300;
+  p.queries = 600;
   p.levels = {{64, 64, 0}, {32, 32, 4096}, {16, 16, 5120}, {8, 8, 5376}};
   p.keys = 5440;
   ASSERT_TRUE(Forward(p, Threads(16), &plan));
