@@ -121,7 +121,8 @@ constexpr int64_t kHeadRowsInGradValueBytes = int64_t{256} << 10;
 // allocates it): without the copy a point costs about the same at every Q, with it the
 // copy's fixed cost is amortised. The backward's copy wins from Q=1000 (3.2 corner reads per
 // key): kBackwardCopyCornersPerKey. The forward's loses 1.2-1.5x at Q=1000-1500 and wins from
-// Q=2500 (7.9), the two about even at Q=2000 (6.3): kForwardCopyCornersPerKey.
+// Q=2500 (7.9), the two about even at Q=2000 (6.3): kForwardCopyCornersPerKey. On two
+// threads the forward's copy loses 1.3-2x at Q=1000-1500 and is about even at Q=2000-3000.
 constexpr int64_t kBackwardCopyCornersPerKey = 3;
 constexpr int64_t kForwardCopyCornersPerKey = 6;
 
