@@ -311,6 +311,19 @@ Timing TimeCase(Case& c, int threads, int repeats) {
   return timing;
 }
 
+// One 4-byte word from each of words[at[0]], ..., words[at[n - 1]], XORed in four independent
+// chains, so that the reads, not the additions, set the pace.
+template <typename Index>
+uint32_t ReadWords(const uint32_t* words, const Index* at, size_t n) {
+  uint32_t a[4] = {0, 0, 0, 0};
+  const size_t whole = n - n % 4;
+  for (size_t i = 0; i < whole; i += 4) {
+    for (int k = 0; k < 4; ++k) a[k] ^= words[at[i + k]];
+  }
+  for (size_t i = whole; i < n; ++i) a[0] ^= words[at[i]];
+  return a[0] ^ a[1] ^ a[2] ^ a[3];
+}
+
 // --gather-floor's machine line: one thread's time per read of a random cache line of buffers
 // of growing size, one word per line, reads independent of each other (so as many are in
 // flight as the core allows). Where it jumps is the cache this thread can actually use; the
@@ -325,13 +338,8 @@ void PrintRandomReads(int repeats) {
     std::mt19937_64 rng(mib);
     for (uint32_t& a : at) a = static_cast<uint32_t>(rng() % lines) * 16;
     volatile uint32_t sink = 0;
-    const double s = Fastest(repeats, [&] {
-      uint32_t a[4] = {0, 0, 0, 0};
-      for (size_t i = 0; i < reads; i += 4) {
-        for (int k = 0; k < 4; ++k) a[k] ^= words[at[i + k]];
-      }
-      sink = sink + (a[0] ^ a[1] ^ a[2] ^ a[3]);
-    });
+    const double s =
+        Fastest(repeats, [&] { sink = sink + ReadWords(words.data(), at.data(), reads); });
     std::printf(" %zu MiB %.2f%s", mib, s / reads * 1e9, mib == 64 ? "\n" : ",");
   }
 }
@@ -382,15 +390,8 @@ void PrintGatherFloor(Case& c, int repeats) {
   for (int64_t& at : folded) at &= (int64_t{1} << 17) - 1;
   const uint32_t* words = reinterpret_cast<const uint32_t*>(c.value.data());
   volatile uint32_t sink = 0;
-  // Four independent chains, so that the reads, not the additions, set the pace.
   auto read = [&](const std::vector<int64_t>& at) {
-    uint32_t a[4] = {0, 0, 0, 0};
-    size_t i = 0;
-    for (; i + 4 <= at.size(); i += 4) {
-      for (int k = 0; k < 4; ++k) a[k] ^= words[at[i + k]];
-    }
-    for (; i < at.size(); ++i) a[0] ^= words[at[i]];
-    sink = sink + (a[0] ^ a[1] ^ a[2] ^ a[3]);
+    sink = sink + ReadWords(words, at.data(), at.size());
   };
   auto stream = [&] {
     uint32_t a[4] = {0, 0, 0, 0};
